@@ -1,0 +1,173 @@
+"""Public API: ``kolmotok.load()`` -> :class:`Tokenizer` with ``encode`` / ``decode``.
+
+Inside, everything stays batched (padded tokens + lengths); :meth:`Encoding.to_list`
+gives per-image variable-length sequences at the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import load_model
+from .data.images import load_images as _load_images
+from .models import KARLTokenizer
+
+DEFAULT_CHECKPOINT = "tiny"
+
+
+@dataclass
+class Encoding:
+    """The output of one encoder pass.
+
+    tokens: (B, budget) long codes padded with -1 (discrete models), or (B, budget, d)
+        float vectors padded with zeros (continuous models).
+    lengths: (B,) long, tokens kept per image: KARL's complexity estimate.
+    epsilon: (B,) the target l1 error each image was encoded for (0 = fixed length).
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    epsilon: torch.Tensor
+    budget: int
+
+    def to_list(self) -> list[torch.Tensor]:
+        """Per-image token sequences without padding."""
+        return [t[: int(n)] for t, n in zip(self.tokens, self.lengths)]
+
+
+def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
+    path = Path(str(resources.files("kolmotok") / "weights" / name))
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {name!r} is missing from the installed package ({path})")
+    return path
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Tokenizer:
+    """A trained KARL tokenizer ready for inference (see :func:`load`)."""
+
+    def __init__(self, model: KARLTokenizer, meta: dict | None = None) -> None:
+        self.model = model.eval()
+        self.meta = meta or {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.image_size
+
+    @property
+    def max_tokens(self) -> int:
+        return self.model.cfg.max_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def discrete(self) -> bool:
+        return bool(self.model.quantizer.discrete)
+
+    @property
+    def bits_per_token(self) -> float:
+        q = self.model.quantizer
+        return q.bits_per_token if q.discrete else q.bits_per_token * self.model.cfg.token_dim
+
+    # ------------------------------------------------------------------ validation
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() == 3:
+            images = images[None]
+        S = self.image_size
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != S or images.shape[3] != S:
+            raise ValueError(f"images must have shape (B, 3, {S}, {S}), got {tuple(images.shape)}; "
+                             f"use tok.load_images(paths) to read and resize files")
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+        return images.clamp(0, 1).float().to(self.device)
+
+    def _check_epsilon(self, epsilon: float | Sequence[float] | torch.Tensor, batch: int) -> torch.Tensor:
+        eps = torch.as_tensor(epsilon, dtype=torch.float32).flatten()
+        if eps.numel() == 1:
+            eps = eps.expand(batch)
+        if eps.numel() != batch:
+            raise ValueError(f"epsilon must be one number or one per image ({batch}), got {eps.numel()} values")
+        if not torch.isfinite(eps).all() or (eps < 0).any():
+            raise ValueError(f"epsilon must be finite and >= 0 (0 = fixed-length mode), got {epsilon!r}")
+        return eps.to(self.device)
+
+    def _check_budget(self, budget: int | None) -> int:
+        if budget is None:
+            return self.max_tokens
+        if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= self.max_tokens:
+            raise ValueError(f"budget must be an integer in 1..{self.max_tokens}, got {budget!r}")
+        return budget
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, epsilon: float | Sequence[float] | torch.Tensor = 0.05,
+               budget: int | None = None) -> Encoding:
+        """One encoder pass: images (B, 3, S, S) in [0, 1] -> :class:`Encoding`.
+
+        epsilon: target mean absolute error per image (one value or one per image);
+            0 disables adaptivity, keeping exactly ``budget`` tokens.
+        budget: most tokens to use, 1..max_tokens (default max_tokens).
+        """
+        x = self._check_images(images)
+        eps = self._check_epsilon(epsilon, x.shape[0])
+        T = self._check_budget(budget)
+        out = self.model.tokenize(x, eps, T)
+        return Encoding(out.codes, out.lengths, eps, T)
+
+    @torch.no_grad()
+    def decode(self, encoding: Encoding | torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """One decoder pass: an :class:`Encoding` (or padded tokens + lengths) -> images (B, 3, S, S)."""
+        if isinstance(encoding, Encoding):
+            tokens, lengths = encoding.tokens, encoding.lengths
+        else:
+            tokens = encoding
+            if lengths is None:
+                raise ValueError("decode(tokens, lengths): lengths are required when tokens are a tensor")
+        if tokens.dim() < 2 or tokens.shape[1] < 1 or tokens.shape[1] > self.max_tokens:
+            raise ValueError(f"tokens must be (B, T, ...) with 1 <= T <= {self.max_tokens}, got {tuple(tokens.shape)}")
+        lengths = torch.as_tensor(lengths, device=self.device).long()
+        if lengths.shape != tokens.shape[:1] or (lengths < 1).any() or (lengths > tokens.shape[1]).any():
+            raise ValueError(f"lengths must be (B,) with values in 1..{tokens.shape[1]}")
+        if self.discrete and tokens.is_floating_point():
+            raise ValueError("this tokenizer is discrete: tokens must be integer codes")
+        return self.model.detokenize(tokens.to(self.device), lengths)
+
+    def load_images(self, paths: Sequence[str | Path]) -> torch.Tensor:
+        """Image files -> (B, 3, S, S) tensor by the documented resize rule (see kolmotok.data.images).
+
+        An unreadable file raises :class:`kolmotok.data.ImageLoadError` naming it.
+        """
+        return _load_images(list(paths), self.image_size, skip_errors=False).images
+
+    def reconstruct(self, images: torch.Tensor, epsilon: float = 0.05,
+                    budget: int | None = None) -> tuple[Encoding, torch.Tensor]:
+        enc = self.encode(images, epsilon, budget)
+        return enc, self.decode(enc)
+
+
+def load(path: str | Path | None = None, device: str | torch.device | None = None) -> Tokenizer:
+    """Load a tokenizer: the shipped default checkpoint, or a checkpoint / run directory."""
+    ckpt = shipped_checkpoint() if path is None else Path(path)
+    model, meta = load_model(ckpt, device or _default_device())
+    return Tokenizer(model, meta)
+

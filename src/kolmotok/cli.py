@@ -1,0 +1,166 @@
+"""The ``kolmotok`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("kolmotok")
+
+
+def _parse_epsilons(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--epsilons {text!r}: expected comma-separated numbers") from None
+    if not values or any(v < 0 or v != v for v in values):
+        raise argparse.ArgumentTypeError(f"--epsilons {text!r}: expected non-negative numbers")
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, get_preset
+    from .training import train
+
+    cfg = apply_overrides(get_preset(args.preset), args.set or [])
+    for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg.train, key, value)
+    ckpt = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .api import load
+
+    return load(args.ckpt, device=args.device)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import eval_set
+    from .evaluation.evaluate import evaluate, format_report
+
+    tok = _load(args)
+    data = eval_set(args.data, tok.image_size, args.num_images)
+    report = evaluate(tok, data, args.epsilons)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(format_report(report))
+    if args.out:
+        from .io import write_json
+
+        write_json(args.out, report.to_dict())
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .data.images import load_images, save_image
+    from .evaluation.metrics import l1_per_image
+
+    tok = _load(args)
+    loaded = load_images(args.images, tok.image_size, skip_errors=True)
+    for path, reason in loaded.failures:
+        print(json.dumps({"path": str(path), "error": reason}) if args.json else f"{path}: ERROR {reason}",
+              file=sys.stdout if args.json else sys.stderr)
+    if len(loaded.paths):
+        for start in range(0, len(loaded.paths), args.batch_size):
+            chunk = loaded.images[start:start + args.batch_size]
+            enc = tok.encode(chunk, epsilon=args.epsilon, budget=args.budget)
+            rec = tok.decode(enc)
+            errs = l1_per_image(rec, chunk)
+            for i, path in enumerate(loaded.paths[start:start + args.batch_size]):
+                row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
+                       "epsilon": args.epsilon, "l1": round(float(errs[i]), 5), "meets_epsilon": bool(errs[i] <= args.epsilon)}
+                if args.out:
+                    out = Path(args.out) / f"{path.stem}.recon.png"
+                    save_image(rec[i], out)
+                    row["reconstruction"] = str(out)
+                if args.codes:
+                    row["codes"] = enc.tokens[i, : int(enc.lengths[i])].tolist()
+                if args.json:
+                    print(json.dumps(row))
+                else:
+                    print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} "
+                          f"({'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon})")
+    return 1 if loaded.failures and not loaded.paths else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .evaluation.demo import run_demo
+
+    tok = _load(args)
+    print(run_demo(tok, Path(args.out), epsilon=args.epsilon))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kolmotok", description="Single-pass adaptive image tokenization (KARL).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a tokenizer (two-phase KARL objective)")
+    t.add_argument("--preset", default="tiny", help="named config: tiny, small, base")
+    t.add_argument("--data", help="data spec: photos, shapes, folder:PATH, or A@w+B@v (default: the preset's)")
+    t.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--data-workers", type=int, help="DataLoader worker processes")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any config field, e.g. --set model.width=192 (repeatable)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    def add_ckpt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--ckpt", help="checkpoint or run directory (default: the shipped tiny checkpoint)")
+        sp.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+
+    e = sub.add_parser("eval", help="tokens, error and quality per eps on an evaluation set")
+    add_ckpt(e)
+    e.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
+    e.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12])
+    e.add_argument("--num-images", type=int, default=256, help="size of the fixed eval set (built-in data)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--out", help="also write the JSON report to this file")
+    e.set_defaults(func=cmd_eval)
+
+    n = sub.add_parser("encode", help="tokenize image files at a target error")
+    add_ckpt(n)
+    n.add_argument("images", nargs="+", help="image files")
+    n.add_argument("--epsilon", type=float, default=0.05)
+    n.add_argument("--budget", type=int, help="most tokens per image (default T_max)")
+    n.add_argument("--batch-size", type=int, default=64)
+    n.add_argument("--json", action="store_true", help="one JSON line per image")
+    n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
+    n.add_argument("--out", help="write reconstructions (PNG) to this directory")
+    n.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("demo", help="run the shipped tokenizer on built-in images; write a PNG sheet")
+    add_ckpt(d)
+    d.add_argument("--epsilon", type=float, default=0.05)
+    d.add_argument("--out", default="kolmotok-demo", help="output directory")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"kolmotok {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Configuration: nested dataclasses with every default in one place, and a preset registry.
+
+A run is described by a :class:`RunConfig` = model + objective + optimisation + data.
+Each module receives only its own sub-config. ``from_dict`` rejects unknown keys so a
+typo in a JSON file or a CLI override is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a KARL tokenizer (see docs/DESIGN.md for why these defaults)."""
+
+    image_size: int = 32  # input resolution (square), pixels
+    patch_size: int = 4  # one 2D token per patch_size x patch_size pixels
+    stem: str = "conv"  # "conv": small conv stem/head; "linear": plain patchify (ViT)
+    stem_channels: int = 64  # channels of the conv stem and head
+    width: int = 128  # transformer width shared by encoder and decoder
+    encoder_layers: int = 4
+    decoder_layers: int = 6  # KARL: a small encoder with a larger decoder works best
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    max_tokens: int = 32  # T_max: number of learned latent tokens
+    quantizer: str = "fsq"  # "fsq" (discrete codes) or "continuous"
+    fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # FSQ levels; token_dim = len(levels)
+    token_dim: int = 16  # size of a continuous token (ignored for FSQ)
+    halting_threshold: float = 0.75  # a token halts when P(halt) exceeds this (KARL ref.)
+    epsilon_floor: float = 1e-3  # eps values are clamped here before log-embedding
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def code_dim(self) -> int:
+        return len(self.fsq_levels) if self.quantizer == "fsq" else self.token_dim
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.stem == "conv" and (self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"conv stem needs a power-of-two patch_size, got {self.patch_size}")
+        if self.stem not in ("conv", "linear"):
+            raise ValueError(f"stem must be 'conv' or 'linear', got {self.stem!r}")
+        if self.quantizer not in ("fsq", "continuous"):
+            raise ValueError(f"quantizer must be 'fsq' or 'continuous', got {self.quantizer!r}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if not 0.0 < self.halting_threshold < 1.0:
+            raise ValueError(f"halting_threshold must be in (0, 1), got {self.halting_threshold}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The two-phase KARL objective (KARL.md, "Training")."""
+
+    halting_weight: float = 0.1  # weight of the halting BCE against the l1 reconstruction losses
+    full_budget_prob: float = 0.2  # phase-1 budget is T_max this often, else uniform in 1..T_max
+    stricter_target_prob: float = 0.25  # share of phase-2 images conditioned below their achieved error
+    stricter_target_min: float = 0.3  # ... by a factor drawn uniformly from [this, 1)
+    mse_weight: float = 0.0  # optional squared-error term beside l1
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 300
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000
+    batch_size: int = 64
+    seed: int = 0
+    data: str = "photos@3+shapes"  # see kolmotok.data.make_source
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_every: int = 500  # held-out l1 at T_max/8 and T_max, logged for learning curves
+    eval_data: str = "photos:calib"  # monitoring set for those curves (never the test split)
+    eval_images: int = 128
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch default
+    data_workers: int = 0  # DataLoader worker processes making batches ahead (>= 2 on a GPU)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a dict; unknown keys raise ``ValueError``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        if is_dataclass(current):
+            kwargs[name] = from_dict(type(current), value, f"{where}.{name}")
+        elif isinstance(current, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` overrides (value parsed as JSON when possible)."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        path, raw = item.split("=", 1)
+        parts = path.split(".")
+        node = data
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"override {item!r}: unknown section {p!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+        try:
+            node[parts[-1]] = json.loads(raw)
+        except json.JSONDecodeError:
+            node[parts[-1]] = raw
+    return from_dict(RunConfig, data)
+
+
+# --------------------------------------------------------------------------- presets
+# Sizes and measured speeds are in README.md ("Presets").
+
+def _tiny() -> RunConfig:
+    return RunConfig()
+
+
+def _small() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(image_size=128, patch_size=8, stem_channels=96, width=384, encoder_layers=6,
+                          decoder_layers=8, num_heads=6, max_tokens=128),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2000),
+        train=TrainConfig(steps=100_000, batch_size=128, data="photos@3+shapes", checkpoint_every=2000,
+                          eval_every=2000),
+    )
+
+
+def _base() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(image_size=256, patch_size=16, stem_channels=128, width=768, encoder_layers=8,
+                          decoder_layers=12, num_heads=12, max_tokens=256),
+        optim=OptimConfig(lr=5e-4, warmup_steps=5000),
+        train=TrainConfig(steps=300_000, batch_size=256, data="photos@3+shapes", checkpoint_every=5000,
+                          eval_every=5000),
+    )
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "base": _base}
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    cfg.model.validate()
+    return cfg

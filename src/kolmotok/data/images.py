@@ -1,0 +1,113 @@
+"""Reading image files into tensors, with one documented resize rule.
+
+Resize rule (used everywhere a file becomes a model input): the image is converted
+to RGB (grayscale replicated, alpha composited on white, palette expanded, 16-bit and
+float images scaled to [0, 1]), its shorter side is resized to ``size`` with
+antialiased bicubic filtering, and the centre ``size x size`` square is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class ImageLoadError(ValueError):
+    """A file that is not a readable image; the message names the file and the reason."""
+
+
+@dataclass
+class LoadedImages:
+    images: torch.Tensor  # (N, 3, size, size) float in [0, 1]
+    paths: list[Path]  # the files that loaded, in order
+    failures: list[tuple[Path, str]]  # files that did not, with the reason
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> float32 (H, W, 3) array in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        peak = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+        arr = np.clip(arr / peak, 0.0, 1.0)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+        arr = np.clip(arr, 0.0, 1.0) if lo >= 0 and hi <= 1 else (arr - lo) / max(hi - lo, 1e-12)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) float -> (size, size, 3): shorter side to ``size`` (bicubic, antialiased), centre crop."""
+    h, w = arr.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    channels = [Image.fromarray(arr[..., c], mode="F").resize((nw, nh), Image.BICUBIC) for c in range(3)]
+    out = np.stack([np.asarray(c) for c in channels], axis=-1)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.clip(out[top:top + size, left:left + size], 0.0, 1.0)
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """One file -> (3, size, size) float tensor by the resize rule; ImageLoadError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if arr.ndim != 3 or min(arr.shape[:2]) < 1:
+        raise ImageLoadError(f"{path}: empty image of shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(resize_center_crop(arr, size))).permute(2, 0, 1)
+
+
+def load_images(paths: list[str | Path], size: int, skip_errors: bool = True) -> LoadedImages:
+    """Files -> batch. Unreadable files are logged by name and skipped (or raised, if not skip_errors)."""
+    images, ok, failures = [], [], []
+    for p in paths:
+        try:
+            images.append(load_image(p, size))
+            ok.append(Path(p))
+        except ImageLoadError as exc:
+            if not skip_errors:
+                raise
+            log.warning("skipping %s", exc)
+            failures.append((Path(p), str(exc)))
+    batch = torch.stack(images) if images else torch.zeros(0, 3, size, size)
+    return LoadedImages(batch, ok, failures)
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursive, sorted), by suffix."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"folder:{root}: not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> None:
+    """(3, H, W) in [0, 1] -> PNG, written atomically."""
+    from ..io import atomic_path
+
+    arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")

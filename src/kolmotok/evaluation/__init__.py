@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the eval table and the demo sheet."""

@@ -1,0 +1,124 @@
+"""``kolmotok eval``: the acceptance table of a tokenizer on an evaluation set."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..api import Tokenizer
+from ..data import EvalSet
+from .metrics import l1_per_image, png_bytes, psnr_per_image, resample_baseline, spearman, ssim_per_image
+
+DEFAULT_EPSILONS = (0.02, 0.03, 0.05, 0.08, 0.12)
+
+
+@dataclass
+class Reconstructions:
+    lengths: torch.Tensor  # (N,)
+    l1: torch.Tensor  # (N,)
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+
+
+@torch.no_grad()
+def run_batched(tok: Tokenizer, images: torch.Tensor, epsilon: float, budget: int | None = None,
+                batch: int = 256) -> Reconstructions:
+    """Encode + decode ``images`` at one eps / budget and measure each reconstruction."""
+    parts = []
+    for chunk in images.split(batch):
+        enc = tok.encode(chunk, epsilon=epsilon, budget=budget)
+        rec = tok.decode(enc)
+        x = chunk.to(rec.device)
+        parts.append((enc.lengths.cpu(), l1_per_image(rec, x).cpu(), psnr_per_image(rec, x).cpu(),
+                      ssim_per_image(rec, x).cpu()))
+    return Reconstructions(*(torch.cat(p) for p in zip(*parts)))
+
+
+@dataclass
+class EpsilonRow:
+    epsilon: float
+    mean_tokens: float
+    median_tokens: float
+    cv_tokens: float  # coefficient of variation of the per-image counts
+    meet_share: float  # share of images whose l1 <= eps after the single pass
+    full_budget_meet_share: float  # share that the full budget (eps = 0 mode) brings within eps
+    l1: float
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class BudgetRow:
+    budget: int
+    l1: float
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class EvalReport:
+    data: str
+    num_images: int
+    max_tokens: int
+    epsilon_rows: list[EpsilonRow]
+    budget_rows: list[BudgetRow]
+    reference_l1: dict[str, float]  # classical down/up-sampling baselines
+    spearman_tokens_vs_png: float
+    spearman_tokens_vs_label: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsilon: float = 0.05) -> EvalReport:
+    images = data.images
+    T = tok.max_tokens
+    budgets = sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T})
+    fixed = {b: run_batched(tok, images, 0.0, b) for b in budgets}
+    full = fixed[T]
+    eps_rows, per_eps = [], {}
+    for eps in epsilons:
+        r = run_batched(tok, images, eps)
+        per_eps[eps] = r
+        n = r.lengths.float()
+        eps_rows.append(EpsilonRow(
+            epsilon=eps, mean_tokens=float(n.mean()), median_tokens=float(n.median()),
+            cv_tokens=float(n.std(unbiased=False) / n.mean()), meet_share=float((r.l1 <= eps).float().mean()),
+            full_budget_meet_share=float((full.l1 <= eps).float().mean()), l1=float(r.l1.mean()),
+            psnr=float(r.psnr.mean()), ssim=float(r.ssim.mean())))
+    budget_rows = [BudgetRow(b, float(f.l1.mean()), float(f.psnr.mean()), float(f.ssim.mean()))
+                   for b, f in fixed.items()]
+    S = tok.image_size
+    reference = {f"resample_{g}x{g}": float(l1_per_image(resample_baseline(images, g), images).mean())
+                 for g in (max(1, S // 8), max(1, S // 4))}
+    rank_lengths = (per_eps.get(rank_epsilon) or run_batched(tok, images, rank_epsilon)).lengths.numpy()
+    png = np.array([png_bytes(im) for im in images])
+    rho_label = spearman(rank_lengths, data.labels.numpy()) if data.labels is not None else None
+    return EvalReport(data.name, len(images), T, eps_rows, budget_rows, reference,
+                      spearman(rank_lengths, png), rho_label)
+
+
+def format_report(rep: EvalReport) -> str:
+    lines = [f"data {rep.data}: {rep.num_images} images, T_max = {rep.max_tokens}", "",
+             "   eps | mean tok | median | CV   | meet eps | full-budget meets | l1     | PSNR  | SSIM",
+             "-------+----------+--------+------+----------+-------------------+--------+-------+------"]
+    for r in rep.epsilon_rows:
+        lines.append(f" {r.epsilon:5.3f} | {r.mean_tokens:8.2f} | {r.median_tokens:6.1f} | {r.cv_tokens:4.2f} | "
+                     f"{100 * r.meet_share:7.1f}% | {100 * r.full_budget_meet_share:16.1f}% | {r.l1:.4f} | "
+                     f"{r.psnr:5.2f} | {r.ssim:.3f}")
+    lines += ["", " fixed length (eps = 0) | l1     | PSNR  | SSIM", "------------------------+--------+-------+------"]
+    for b in rep.budget_rows:
+        lines.append(f" {b.budget:3d} tokens             | {b.l1:.4f} | {b.psnr:5.2f} | {b.ssim:.3f}")
+    lines.append("")
+    for name, v in rep.reference_l1.items():
+        g = name.split("_")[1]
+        n = 3 * int(g.split("x")[0]) ** 2
+        lines.append(f" reference {name} ({n} numbers/image): l1 {v:.4f}")
+    lines.append(f" Spearman(tokens at eps=0.05, PNG bytes) = {rep.spearman_tokens_vs_png:.3f}")
+    if rep.spearman_tokens_vs_label is not None and not math.isnan(rep.spearman_tokens_vs_label):
+        lines.append(f" Spearman(tokens at eps=0.05, ground-truth complexity) = {rep.spearman_tokens_vs_label:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Training objectives. The trainer calls ``objective(model, images, generator)``.
+
+:class:`KARLObjective` is the two-phase "upside-down RL" objective of KARL (paper §3;
+KARL.md "Training"), run on every batch:
+
+1. *Estimate Image Complexity*: a random budget T, condition eps = 0 ("do your best"),
+   all T tokens active; the per-image l1 it achieves, eps_T, is recorded (detached).
+2. *Learn to Tokenize Complexity*: budget T_max, condition eps_T; halting labels are
+   keep for the first T tokens and halt for the rest (BCE); the decoder reconstructs
+   from the tokens the model itself keeps.
+
+One addition of ours, *stricter targets*: a share of phase-2 images is conditioned on
+a target below eps_T. For them only "at least T tokens" is known, so tokens past T get
+no halting label (censored). With T = T_max it teaches "an unreachable target keeps
+every token", which is what makes pure noise use the whole budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ObjectiveConfig
+from ..evaluation.metrics import l1_per_image as per_image_l1
+from ..models import KARLTokenizer
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar to backpropagate
+    metrics: dict[str, float]  # detached scalars for logging
+
+
+def sample_budget(max_tokens: int, full_budget_prob: float, g: torch.Generator) -> int:
+    if float(torch.rand((), generator=g)) < full_budget_prob:
+        return max_tokens
+    return int(torch.randint(1, max_tokens + 1, (1,), generator=g))
+
+
+class KARLObjective:
+    def __init__(self, cfg: ObjectiveConfig) -> None:
+        self.cfg = cfg
+
+    def reconstruction(self, recon: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        err = per_image_l1(recon, images)
+        loss = err.mean()
+        if self.cfg.mse_weight:
+            loss = loss + self.cfg.mse_weight * F.mse_loss(recon, images)
+        return loss, err
+
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+        cfg, dev = self.cfg, images.device
+        B, T_max = images.shape[0], model.cfg.max_tokens
+
+        # Phase 1: Estimate Image Complexity -- budget T, eps = 0, all T tokens kept.
+        T = sample_budget(T_max, cfg.full_budget_prob, g)
+        lat1 = model.encode(images, torch.zeros(B, device=dev), T)
+        rec1 = model.decode(model.quantize(lat1.latents).vectors, torch.full((B,), T, device=dev))
+        loss_rec1, err1 = self.reconstruction(rec1, images)
+        bce1 = F.binary_cross_entropy_with_logits(lat1.halt_logits, torch.zeros_like(lat1.halt_logits))
+
+        # Phase 2: Learn to Tokenize Complexity -- budget T_max, condition on eps_T.
+        target = err1.detach().clamp(min=model.cfg.epsilon_floor)
+        stricter = (torch.rand(B, generator=g) < cfg.stricter_target_prob).to(dev)
+        factor = (cfg.stricter_target_min + (1 - cfg.stricter_target_min) * torch.rand(B, generator=g)).to(dev)
+        target = torch.where(stricter, target * factor, target)
+        lat2 = model.encode(images, target, T_max)
+        position = torch.arange(T_max, device=dev)[None, :]
+        halt_label = (position >= T).float().expand(B, -1)
+        label_weight = torch.where(stricter[:, None] & (position >= T), 0.0, 1.0)
+        bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
+                                                  reduction="sum") / label_weight.sum()
+        lengths = model.halt(lat2.halt_logits.detach(), target)
+        rec2 = model.decode(model.quantize(lat2.latents).vectors, lengths)
+        loss_rec2, err2 = self.reconstruction(rec2, images)
+
+        loss = loss_rec1 + loss_rec2 + cfg.halting_weight * (bce1 + bce2)
+        metrics = {"loss": loss.item(), "l1_p1": err1.mean().item(), "l1_p2": err2.mean().item(),
+                   "bce": bce2.item(), "budget": float(T), "kept": lengths.float().mean().item()}
+        return LossOutput(loss, metrics)
