@@ -29,9 +29,11 @@ class ModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     max_tokens: int = 32  # T_max: number of learned latent tokens
-    quantizer: str = "fsq"  # "fsq" (discrete codes) or "continuous"
+    linear_path: bool = True  # PCA-initialised linear token path beside the transformers (docs/DESIGN.md)
+    linear_path_resolution: int = 32  # the linear path sees/produces the image area-resized to this side
+    quantizer: str = "continuous"  # "continuous" (vectors) or "fsq" (discrete codes)
     fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # FSQ levels; token_dim = len(levels)
-    token_dim: int = 16  # size of a continuous token (ignored for FSQ)
+    token_dim: int = 6  # size of a continuous token (ignored for FSQ)
     halting_threshold: float = 0.75  # a token halts when P(halt) exceeds this (KARL ref.)
     epsilon_floor: float = 1e-3  # eps values are clamped here before log-embedding
 
@@ -62,7 +64,7 @@ class ModelConfig:
 class ObjectiveConfig:
     """The two-phase KARL objective (KARL.md, "Training")."""
 
-    halting_weight: float = 0.1  # weight of the halting BCE against the l1 reconstruction losses
+    halting_weight: float = 0.5  # weight of the halting BCE against the l1 reconstruction losses
     full_budget_prob: float = 0.2  # phase-1 budget is T_max this often, else uniform in 1..T_max
     stricter_target_prob: float = 0.25  # share of phase-2 images conditioned below their achieved error
     stricter_target_min: float = 0.3  # ... by a factor drawn uniformly from [this, 1)
@@ -71,17 +73,17 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 300
+    warmup_steps: int = 200
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 64
     seed: int = 0
     data: str = "photos@3+shapes"  # see kolmotok.data.make_source
@@ -90,6 +92,7 @@ class TrainConfig:
     eval_every: int = 500  # held-out l1 at T_max/8 and T_max, logged for learning curves
     eval_data: str = "photos:calib"  # monitoring set for those curves (never the test split)
     eval_images: int = 128
+    pca_init_images: int = 4096  # training images used to initialise the linear token path
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch default
     data_workers: int = 0  # DataLoader worker processes making batches ahead (>= 2 on a GPU)

@@ -103,6 +103,10 @@ class PixelHead(nn.Module):
             layers.append(nn.Conv2d(c, 3, 3, padding=1))
             self.net = nn.Sequential(*layers)
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.net[-1] if isinstance(self.net, nn.Sequential) else self.net
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         B, N, D = tokens.shape
         G = int(round(math.sqrt(N)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -24,6 +25,69 @@ from .quantizers import Quantized, build_quantizer
 class Latents(NamedTuple):
     latents: torch.Tensor  # (B, T, D) encoder outputs at the latent-token positions
     halt_logits: torch.Tensor  # (B, T) logit of P(token is unnecessary)
+    direct: torch.Tensor | None  # (B, T, code_dim) linear-path contribution, or None
+
+
+class LinearPath(nn.Module):
+    """A linear token path beside the transformers, initialised by PCA (:meth:`init_pca`).
+
+    Why: a 1D tokenizer whose only route is attention (grid -> latents -> mask tokens)
+    learns very slowly from scratch: at first every latent sees the mean of the grid and
+    every mask token the mean of the latents, so for thousands of steps it predicts a
+    blur and extra tokens do not help (docs/DESIGN.md has the curves). This path starts
+    the model as the best linear tokenizer -- token i holds principal components
+    i*d .. i*d+d-1 of the training images, so tokens are ordered coarse to fine and a
+    prefix is a truncated PCA -- and the transformers learn the non-linear residual.
+
+    encode: images (B, 3, H, W) -> (B, T_max, d) added to the token projection before quantizing.
+    decode: token vectors (B, T_max, d), halted ones zero -> a base image (B, 3, H, W) that
+    the decoder's output is added to.
+    """
+
+    def __init__(self, resolution: int, max_tokens: int, code_dim: int) -> None:
+        super().__init__()
+        self.resolution, self.max_tokens, self.code_dim = resolution, max_tokens, code_dim
+        pixels, k = 3 * resolution * resolution, max_tokens * code_dim
+        # Buffers, not parameters: the PCA basis stays fixed during training. Trained with
+        # AdamW its whitened (large-gain) weights were knocked off within ~100 steps.
+        self.register_buffer("enc_weight", torch.zeros(k, pixels))
+        self.register_buffer("enc_bias", torch.zeros(k))
+        self.register_buffer("dec_weight", torch.zeros(pixels, k))
+        self.register_buffer("dec_bias", torch.full((pixels,), 0.5))
+
+    def _small(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] == self.resolution:
+            return images.flatten(1)
+        return F.interpolate(images, size=(self.resolution, self.resolution), mode="area").flatten(1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._small(images), self.enc_weight, self.enc_bias).view(-1, self.max_tokens, self.code_dim)
+
+    def decode(self, vectors: torch.Tensor, size: int) -> torch.Tensor:
+        r = self.resolution
+        base = F.linear(vectors.flatten(1), self.dec_weight, self.dec_bias).view(-1, 3, r, r)
+        return base if size == r else F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def init_pca(self, images: torch.Tensor, quantizer: nn.Module) -> None:
+        """Encoder <- whitened top principal components; decoder <- least-squares read-out of
+        the *quantized* codes (so FSQ rounding is accounted for). images: (N, 3, H, W)."""
+        x = self._small(images.float())
+        mean = x.mean(0)
+        _, s, v = torch.linalg.svd(x - mean, full_matrices=False)  # v: (min(N, P), P)
+        k = self.max_tokens * self.code_dim
+        comps = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+        n = min(k, v.shape[0])
+        std = (s[:n] / max(1, len(x) - 1) ** 0.5).clamp(min=1e-6)
+        comps[:n] = v[:n] / std[:, None]  # whitened: every coefficient ~ unit variance, what FSQ expects
+        self.enc_weight.copy_(comps)
+        self.enc_bias.copy_(-(comps @ mean))
+        codes = quantizer(self.encode(images.float())).vectors.flatten(1)  # (N, k)
+        design = torch.cat([codes, torch.ones(len(codes), 1, dtype=codes.dtype, device=codes.device)], 1)
+        ridge = 1e-3 * torch.eye(design.shape[1], dtype=design.dtype, device=design.device)
+        sol = torch.linalg.solve(design.T @ design + ridge, design.T @ x)  # (k + 1, P)
+        self.dec_weight.copy_(sol[:-1].T)
+        self.dec_bias.copy_(sol[-1])
 
 
 class Tokens(NamedTuple):
@@ -73,6 +137,7 @@ class KARLTokenizer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
         self.dec_pos = nn.Parameter(torch.zeros(1, G2, D))
         self.index_embed = nn.Parameter(torch.zeros(1, T, D))
+        self.linear_path = LinearPath(cfg.linear_path_resolution, T, cfg.code_dim) if cfg.linear_path else None
         self.decoder = Transformer(D, cfg.decoder_layers, cfg.num_heads, cfg.mlp_ratio)
         self.head = PixelHead(cfg.stem, cfg.patch_size, cfg.stem_channels, D)
         self._init_weights()
@@ -84,6 +149,17 @@ class KARLTokenizer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        # variance-preserving init where signal must pass at full scale from step one: the
+        # token projection (FSQ rounds small values to its zero level) and the linear paths
+        nn.init.xavier_uniform_(self.from_token.weight)
+        if self.linear_path is not None:
+            # the model starts as the linear (PCA) tokenizer: the transformer branches begin at
+            # zero and learn the residual (call init_linear_path before training)
+            for m in (self.to_token, self.head.output_layer):
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+        else:
+            nn.init.xavier_uniform_(self.to_token.weight)
         # start with P(halt) small so early phase-2 decodes see most tokens
         nn.init.constant_(self.halt_head.bias, -2.0)
 
@@ -96,16 +172,20 @@ class KARLTokenizer(nn.Module):
         latents = self.latent_tokens[:, :num_tokens].expand(B, -1, -1)  # (B, T, D)
         x = self.encoder(torch.cat([eps, grid, latents], dim=1))
         out = x[:, -num_tokens:]  # (B, T, D)
-        return Latents(out, self.halt_head(out).squeeze(-1))
+        direct = None if self.linear_path is None else self.linear_path.encode(images)[:, :num_tokens]
+        return Latents(out, self.halt_head(out).squeeze(-1), direct)
 
     def halt(self, halt_logits: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
         """Lengths (B,) from halting; epsilon == 0 disables adaptivity (all tokens kept)."""
         lengths = lengths_from_halting(halt_logits, self.cfg.halting_threshold)
         return torch.where(epsilon > 0, lengths, halt_logits.shape[1])
 
-    def quantize(self, latents: torch.Tensor) -> Quantized:
-        """(B, T, D) -> Quantized with vectors (B, T, code_dim)."""
-        return self.quantizer(self.to_token(latents))
+    def quantize(self, latents: Latents) -> Quantized:
+        """Latents (B, T, D) -> Quantized with vectors (B, T, code_dim)."""
+        pre = self.to_token(latents.latents)
+        if latents.direct is not None:
+            pre = pre + latents.direct
+        return self.quantizer(pre)
 
     def decode(self, vectors: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """vectors (B, T, code_dim), lengths (B,) -> images (B, 3, H, W), unclamped.
@@ -122,14 +202,24 @@ class KARLTokenizer(nn.Module):
         G2 = grid.shape[1]
         key_mask = torch.cat([keep.new_ones(B, G2), keep], dim=1)
         x = self.decoder(torch.cat([grid, tokens], dim=1), key_mask)
-        return self.head(x[:, :G2])
+        out = self.head(x[:, :G2])
+        if self.linear_path is not None:
+            kept = vectors[:, :L] * keep[..., None]  # halted tokens are zeros here
+            out = out + self.linear_path.decode(F.pad(kept, (0, 0, 0, self.cfg.max_tokens - L)), self.cfg.image_size)
+        return out
+
+    @torch.no_grad()
+    def init_linear_path(self, images: torch.Tensor) -> None:
+        """Data-dependent initialisation (PCA) of the linear token path; see :class:`LinearPath`."""
+        if self.linear_path is not None:
+            self.linear_path.init_pca(images, self.quantizer)
 
     # ------------------------------------------------------------------ wiring
     def tokenize(self, images: torch.Tensor, epsilon: torch.Tensor, budget: int) -> Tokens:
         """One encoder pass: images -> kept tokens (prefix of length lengths[b] <= budget)."""
         lat = self.encode(images, epsilon, budget)
         lengths = self.halt(lat.halt_logits, epsilon)
-        q = self.quantize(lat.latents)
+        q = self.quantize(lat)
         keep = prefix_mask(lengths, budget)
         if q.codes.dim() == 2:
             codes = torch.where(keep, q.codes, -1)

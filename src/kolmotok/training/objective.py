@@ -57,7 +57,7 @@ class KARLObjective:
         # Phase 1: Estimate Image Complexity -- budget T, eps = 0, all T tokens kept.
         T = sample_budget(T_max, cfg.full_budget_prob, g)
         lat1 = model.encode(images, torch.zeros(B, device=dev), T)
-        rec1 = model.decode(model.quantize(lat1.latents).vectors, torch.full((B,), T, device=dev))
+        rec1 = model.decode(model.quantize(lat1).vectors, torch.full((B,), T, device=dev))
         loss_rec1, err1 = self.reconstruction(rec1, images)
         bce1 = F.binary_cross_entropy_with_logits(lat1.halt_logits, torch.zeros_like(lat1.halt_logits))
 
@@ -73,7 +73,7 @@ class KARLObjective:
         bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
                                                   reduction="sum") / label_weight.sum()
         lengths = model.halt(lat2.halt_logits.detach(), target)
-        rec2 = model.decode(model.quantize(lat2.latents).vectors, lengths)
+        rec2 = model.decode(model.quantize(lat2).vectors, lengths)
         loss_rec2, err2 = self.reconstruction(rec2, images)
 
         loss = loss_rec1 + loss_rec2 + cfg.halting_weight * (bce1 + bce2)

@@ -134,6 +134,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         optimizer, lambda s: lr_factor(s, cfg.optim.warmup_steps, tc.steps, cfg.optim.min_lr_ratio))
     objective = objective or KARLObjective(cfg.objective)
     start = 0
+    if not (resume and existing):
+        pca_images = make_source(tc.data, cfg.model.image_size).sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
+        model.init_linear_path(pca_images.to(device))
     if resume and existing:
         from safetensors.torch import load_file
 
