@@ -1,0 +1,73 @@
+"""CLI smoke tests: train, encode, eval, demo, and clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_TEST
+from kolmotok.cli import main
+
+
+def _set_args(extra=()):
+    out = []
+    for s in TINY_TEST + list(extra):
+        out += ["--set", s]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(run), "--steps", "3", "--data", "shapes", "--no-progress"] + _set_args()) == 0
+    return run
+
+
+def test_train_writes_checkpoint_and_metrics(run_dir):
+    assert (run_dir / "config.json").is_file()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"loss", "l1_p1", "kept"} <= set(rows[0])
+    assert (run_dir / "checkpoints" / "step_0000003" / "model.safetensors").is_file()
+
+
+def test_encode_json_and_corrupt_file(run_dir, tmp_path, capsys):
+    good = tmp_path / "good.png"
+    Image.fromarray((np.random.rand(24, 24, 3) * 255).astype(np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    rc = main(["encode", str(good), str(bad), "--ckpt", str(run_dir), "--device", "cpu", "--json", "--codes",
+               "--out", str(tmp_path / "rec")])
+    assert rc == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    ok = [r for r in rows if "tokens" in r]
+    err = [r for r in rows if "error" in r]
+    assert len(ok) == 1 and 1 <= ok[0]["tokens"] <= 8 and len(ok[0]["codes"]) == ok[0]["tokens"]
+    assert (tmp_path / "rec" / "good.recon.png").is_file()
+    assert len(err) == 1 and "bad.jpg" in err[0]["error"]
+
+
+def test_eval_json(run_dir, capsys):
+    rc = main(["eval", "--ckpt", str(run_dir), "--device", "cpu", "--data", "shapes", "--num-images", "12",
+               "--epsilons", "0.05,0.1", "--json"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [r["epsilon"] for r in rep["epsilon_rows"]] == [0.05, 0.1]
+    assert rep["num_images"] == 12 and rep["budget_rows"][-1]["budget"] == 8
+
+
+def test_demo_on_shipped_checkpoint(tmp_path, capsys):
+    assert main(["demo", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "noise" in out and "flat" in out
+    assert Image.open(tmp_path / "demo.png").size[0] > 100
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["eval", "--ckpt", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    assert "error" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--set", "model.nosuch=1"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--epsilons", "a,b"])

@@ -1,0 +1,71 @@
+"""Built-in data and image files: determinism, the split, odd and corrupt files."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kolmotok.data import eval_set, load_images, make_source
+from kolmotok.data.images import ImageLoadError, load_image
+from kolmotok.data.photos import SPLITS
+from kolmotok.data.shapes import NOISE_COMPLEXITY, draw
+
+
+def test_photo_splits_are_disjoint():
+    names = [n for split in SPLITS.values() for n in split]
+    assert len(names) == len(set(names))
+
+
+def test_sources_are_deterministic_and_in_range():
+    for spec in ("photos", "photos:test", "shapes", "photos@3+shapes"):
+        src = make_source(spec, 32)
+        a = src.sample(6, torch.Generator().manual_seed(3))
+        b = src.sample(6, torch.Generator().manual_seed(3))
+        assert a.shape == (6, 3, 32, 32) and torch.equal(a, b)
+        assert a.min() >= 0 and a.max() <= 1
+
+
+def test_shapes_complexity_labels():
+    images, labels = draw(64, 32, torch.Generator().manual_seed(0))
+    flat = labels == 0
+    assert flat.any()
+    assert torch.all(images[flat].flatten(2).std(-1) < 1e-6), "flat images must be one colour"
+    assert (labels <= NOISE_COMPLEXITY).all()
+
+
+def test_bad_specs():
+    for spec in ("nope", "photos:nosuchsplit", "folder:", "photos@x"):
+        with pytest.raises(ValueError):
+            make_source(spec, 32)
+
+
+def _write_odd_images(root):
+    root.mkdir()
+    Image.fromarray((np.random.rand(20, 30, 3) * 255).astype(np.uint8)).save(root / "rgb.png")
+    Image.fromarray((np.random.rand(20, 30) * 65535).astype(np.uint16)).save(root / "gray16.png")
+    Image.fromarray((np.random.rand(12, 12, 4) * 255).astype(np.uint8), "RGBA").save(root / "rgba.png")
+    Image.fromarray((np.random.rand(40, 25) * 255).astype(np.uint8)).convert("P").save(root / "pal.bmp")
+    Image.fromarray((np.random.rand(16, 16, 3) * 255).astype(np.uint8)).save(root / "sub.jpg")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+
+
+def test_folder_with_odd_and_corrupt_files(tmp_path):
+    _write_odd_images(tmp_path / "imgs")
+    ev = eval_set(f"folder:{tmp_path / 'imgs'}", 16)
+    assert ev.images.shape == (5, 3, 16, 16)
+    assert ev.images.min() >= 0 and ev.images.max() <= 1
+    assert not any("corrupt" in n for n in ev.names)
+
+
+def test_corrupt_file_is_named_and_skipped(tmp_path):
+    _write_odd_images(tmp_path / "imgs")
+    paths = sorted((tmp_path / "imgs").iterdir())
+    loaded = load_images(paths, 16)
+    failed = {p.name for p, _ in loaded.failures}
+    assert failed == {"corrupt.png", "notes.txt"}
+    assert all(str(p.name) in reason for p, reason in loaded.failures)
+    with pytest.raises(ImageLoadError, match="corrupt.png"):
+        load_image(tmp_path / "imgs" / "corrupt.png", 16)
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image(tmp_path / "missing.png", 16)
