@@ -60,6 +60,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   and (p / WEIGHTS).is_file() and (p / CONFIG).is_file())
 
 
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete temporary directories a killed run left behind (never complete checkpoints)."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,12 @@ KARL.md "Training"), run on every batch:
    keep for the first T tokens and halt for the rest (BCE); the decoder reconstructs
    from the tokens the model itself keeps.
 
-One addition of ours, *stricter targets*: a share of phase-2 images is conditioned on
+Two additions of ours. *Shortest sufficient prefix*: phase 1 also decodes a random
+shorter prefix T' < T of the same tokens (no gradient); where it is already within
+``shorter_prefix_tolerance`` of eps_T, the halting label length is T' instead of T. Without
+it, an image whose error stops falling early (a flat colour reaches its error with one
+token) is taught "T tokens" for a random T, and keeps far more tokens than it needs.
+*Stricter targets*: a share of phase-2 images is conditioned on
 a target below eps_T. For them only "at least T tokens" is known, so tokens past T get
 no halting label (censored). With T = T_max it teaches "an unreachable target keeps
 every token", which is what makes pure noise use the whole budget.
@@ -50,6 +55,18 @@ class KARLObjective:
             loss = loss + self.cfg.mse_weight * F.mse_loss(recon, images)
         return loss, err
 
+    @torch.no_grad()
+    def sufficient_prefix(self, model: KARLTokenizer, images: torch.Tensor, vectors: torch.Tensor,
+                          err: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """(B,) halting-label lengths: T, or a random shorter prefix T' whose l1 is already ~eps_T."""
+        B, T = vectors.shape[:2]
+        full = torch.full((B,), T, device=images.device, dtype=torch.long)
+        if T == 1 or self.cfg.shorter_prefix_tolerance < 0:
+            return full
+        short = int(torch.randint(1, T, (1,), generator=g))
+        err_short = per_image_l1(model.decode(vectors, torch.full_like(full, short)), images)
+        return torch.where(err_short <= err * (1 + self.cfg.shorter_prefix_tolerance), short, full)
+
     def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
         cfg, dev = self.cfg, images.device
         B, T_max = images.shape[0], model.cfg.max_tokens
@@ -57,8 +74,10 @@ class KARLObjective:
         # Phase 1: Estimate Image Complexity -- budget T, eps = 0, all T tokens kept.
         T = sample_budget(T_max, cfg.full_budget_prob, g)
         lat1 = model.encode(images, torch.zeros(B, device=dev), T)
-        rec1 = model.decode(model.quantize(lat1).vectors, torch.full((B,), T, device=dev))
+        vec1 = model.quantize(lat1).vectors
+        rec1 = model.decode(vec1, torch.full((B,), T, device=dev))
         loss_rec1, err1 = self.reconstruction(rec1, images)
+        label_len = self.sufficient_prefix(model, images, vec1.detach(), err1.detach(), g)
         bce1 = F.binary_cross_entropy_with_logits(lat1.halt_logits, torch.zeros_like(lat1.halt_logits))
 
         # Phase 2: Learn to Tokenize Complexity -- budget T_max, condition on eps_T.
@@ -68,7 +87,7 @@ class KARLObjective:
         target = torch.where(stricter, target * factor, target)
         lat2 = model.encode(images, target, T_max)
         position = torch.arange(T_max, device=dev)[None, :]
-        halt_label = (position >= T).float().expand(B, -1)
+        halt_label = (position >= label_len[:, None]).float()
         label_weight = torch.where(stricter[:, None] & (position >= T), 0.0, 1.0)
         bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
                                                   reduction="sum") / label_weight.sum()
@@ -78,5 +97,6 @@ class KARLObjective:
 
         loss = loss_rec1 + loss_rec2 + cfg.halting_weight * (bce1 + bce2)
         metrics = {"loss": loss.item(), "l1_p1": err1.mean().item(), "l1_p2": err2.mean().item(),
-                   "bce": bce2.item(), "budget": float(T), "kept": lengths.float().mean().item()}
+                   "bce": bce2.item(), "budget": float(T), "label_len": label_len.float().mean().item(),
+                   "kept": lengths.float().mean().item()}
         return LossOutput(loss, metrics)

@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import TRAIN_STATE, list_checkpoints, prune_checkpoints, read_meta, save_checkpoint
+from ..checkpoint import (TRAIN_STATE, list_checkpoints, prune_checkpoints, read_meta, remove_partial_checkpoints,
+                          save_checkpoint)
 from ..config import RunConfig, from_dict, to_dict
 from ..data import eval_set, make_source
 from ..io import write_json
@@ -147,6 +148,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         start = int(state["step"])
         log.info("resumed %s at step %d", existing[-1], start)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(out_dir)
     write_json(out_dir / "config.json", to_dict(cfg))
     source = make_source(tc.data, cfg.model.image_size)
     monitor = eval_set(tc.eval_data, cfg.model.image_size, tc.eval_images) if tc.eval_every else None
