@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from functools import partial
 
 import torch
 
@@ -31,6 +32,13 @@ def timed(fn, repeats: int) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / repeats
+
+
+def train_step(model: KARLTokenizer, objective: KARLObjective, opt: torch.optim.Optimizer,
+               images: torch.Tensor) -> None:
+    opt.zero_grad()
+    objective(model, images, torch.Generator().manual_seed(0)).loss.backward()
+    opt.step()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -60,7 +68,8 @@ def main() -> None:
           f"image {tok.image_size}px, T_max {tok.max_tokens}")
     print(f"encode: {args.batch / t_enc:8.1f} images/s   ({1e3 * t_enc:.1f} ms per batch, one encoder pass)")
     print(f"decode: {args.batch / t_dec:8.1f} images/s   ({1e3 * t_dec:.1f} ms per batch, one decoder pass)")
-    print(f"peak memory: {peak_memory_mb(tok.device):.0f} MiB ({'allocated on GPU' if tok.device.type == 'cuda' else 'process RSS'})")
+    kind = "allocated on GPU" if tok.device.type == "cuda" else "process RSS"
+    print(f"peak memory: {peak_memory_mb(tok.device):.0f} MiB ({kind})")
     if not args.train_steps:
         return
     print("\npreset | params  | image | T_max | batch | train s/step (two-phase objective)")
@@ -72,14 +81,8 @@ def main() -> None:
         imgs = torch.rand(batch, 3, cfg.model.image_size, cfg.model.image_size, device=tok.device)
         model.init_linear_path(torch.rand(max(64, batch), 3, cfg.model.image_size, cfg.model.image_size,
                                           device=tok.device))
-        obj, opt = KARLObjective(cfg.objective), torch.optim.AdamW(model.parameters())
-
-        def step() -> None:
-            opt.zero_grad()
-            obj(model, imgs, torch.Generator().manual_seed(0)).loss.backward()
-            opt.step()
-
-        s = timed(step, args.train_steps)
+        s = timed(partial(train_step, model, KARLObjective(cfg.objective), torch.optim.AdamW(model.parameters()),
+                          imgs), args.train_steps)
         print(f"{name:6} | {n:6.2f}M | {cfg.model.image_size:5d} | {cfg.model.max_tokens:5d} | {batch:5d} | {s:.2f}")
 
 

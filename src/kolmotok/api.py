@@ -6,10 +6,10 @@ gives per-image variable-length sequences at the edge.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -76,7 +76,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             errs = l1_per_image(rec, chunk)
             for i, path in enumerate(loaded.paths[start:start + args.batch_size]):
                 row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
-                       "epsilon": args.epsilon, "l1": round(float(errs[i]), 5), "meets_epsilon": bool(errs[i] <= args.epsilon)}
+                       "epsilon": args.epsilon, "l1": round(float(errs[i]), 5),
+                       "meets_epsilon": bool(errs[i] <= args.epsilon)}
                 if args.out:
                     out = Path(args.out) / f"{path.stem}.recon.png"
                     save_image(rec[i], out)
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

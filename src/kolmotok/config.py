@@ -69,7 +69,7 @@ class ObjectiveConfig:
     stricter_target_prob: float = 0.25  # share of phase-2 images conditioned below their achieved error
     stricter_target_min: float = 0.3  # ... by a factor drawn uniformly from [this, 1)
     mse_weight: float = 0.0  # optional squared-error term beside l1
-    shorter_prefix_tolerance: float = 0.02  # label a shorter prefix as enough if its l1 <= eps_T * (1 + this); < 0 = off
+    shorter_prefix_tolerance: float = 0.02  # a shorter prefix is the label if its l1 <= eps_T * (1 + this); <0 off
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training: objectives and the one training loop."""
 
-from .objective import KARLObjective, LossOutput, per_image_l1
+from .objective import KARLObjective, LossOutput
 from .trainer import train
 
-__all__ = ["KARLObjective", "LossOutput", "per_image_l1", "train"]
+__all__ = ["KARLObjective", "LossOutput", "train"]

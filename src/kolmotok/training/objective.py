@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ObjectiveConfig
-from ..evaluation.metrics import l1_per_image as per_image_l1
+from ..evaluation.metrics import l1_per_image
 from ..models import KARLTokenizer
 
 
@@ -49,7 +49,7 @@ class KARLObjective:
         self.cfg = cfg
 
     def reconstruction(self, recon: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        err = per_image_l1(recon, images)
+        err = l1_per_image(recon, images)
         loss = err.mean()
         if self.cfg.mse_weight:
             loss = loss + self.cfg.mse_weight * F.mse_loss(recon, images)
@@ -64,7 +64,7 @@ class KARLObjective:
         if T == 1 or self.cfg.shorter_prefix_tolerance < 0:
             return full
         short = int(torch.randint(1, T, (1,), generator=g))
-        err_short = per_image_l1(model.decode(vectors, torch.full_like(full, short)), images)
+        err_short = l1_per_image(model.decode(vectors, torch.full_like(full, short)), images)
         return torch.where(err_short <= err * (1 + self.cfg.shorter_prefix_tolerance), short, full)
 
     def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:

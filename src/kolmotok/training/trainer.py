@@ -12,19 +12,26 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import (TRAIN_STATE, list_checkpoints, prune_checkpoints, read_meta, remove_partial_checkpoints,
-                          save_checkpoint)
+from ..checkpoint import (
+    TRAIN_STATE,
+    list_checkpoints,
+    prune_checkpoints,
+    read_meta,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from ..config import RunConfig, from_dict, to_dict
 from ..data import eval_set, make_source
+from ..evaluation.metrics import l1_per_image
 from ..io import write_json
 from ..models import KARLTokenizer
-from .objective import KARLObjective, LossOutput, per_image_l1
+from .objective import KARLObjective, LossOutput
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,8 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
 
 
 @torch.no_grad()
-def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[int], batch: int = 128) -> dict[int, float]:
+def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[int],
+                    batch: int = 128) -> dict[int, float]:
     """Mean l1 of fixed-length (eps = 0) reconstructions at each budget."""
     was_training = model.training
     model.eval()
@@ -85,7 +93,7 @@ def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[in
         for chunk in images.split(batch):
             x = chunk.to(dev)
             tok = model.tokenize(x, torch.zeros(len(x), device=dev), T)
-            errs.append(per_image_l1(model.decode(tok.vectors, tok.lengths).clamp(0, 1), x).cpu())
+            errs.append(l1_per_image(model.decode(tok.vectors, tok.lengths).clamp(0, 1), x).cpu())
         out[T] = float(torch.cat(errs).mean())
     model.train(was_training)
     return out
@@ -135,8 +143,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         optimizer, lambda s: lr_factor(s, cfg.optim.warmup_steps, tc.steps, cfg.optim.min_lr_ratio))
     objective = objective or KARLObjective(cfg.objective)
     start = 0
+    source = make_source(tc.data, cfg.model.image_size)
     if not (resume and existing):
-        pca_images = make_source(tc.data, cfg.model.image_size).sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
+        pca_images = source.sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
         model.init_linear_path(pca_images.to(device))
     if resume and existing:
         from safetensors.torch import load_file
@@ -150,7 +159,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_checkpoints(out_dir)
     write_json(out_dir / "config.json", to_dict(cfg))
-    source = make_source(tc.data, cfg.model.image_size)
     monitor = eval_set(tc.eval_data, cfg.model.image_size, tc.eval_images) if tc.eval_every else None
     metrics = MetricsLog(out_dir / "metrics.jsonl", start)
     n_params = sum(p.numel() for p in model.parameters())
