@@ -96,3 +96,16 @@ def test_shipped_checkpoint_loads_and_runs():
     x = torch.rand(2, 3, tok.image_size, tok.image_size)
     enc = tok.encode(x, epsilon=0.05)
     assert tok.decode(enc).shape == x.shape
+
+
+def test_shipped_checkpoint_behaves_like_a_complexity_measure():
+    """Regression guard for the shipped model in its operating range (eps >= 0.05; below
+    that it is not monotone, see MODEL_CARD.md): fewer tokens as eps rises, noise keeps all."""
+    from kolmotok.data import eval_set
+
+    tok = kolmotok.load(device="cpu")
+    x = eval_set("photos:test", tok.image_size, 64).images
+    means = [tok.encode(x, epsilon=e).lengths.float().mean().item() for e in (0.05, 0.08, 0.12)]
+    assert means[0] > means[1] > means[2]
+    noise = torch.rand(8, 3, tok.image_size, tok.image_size, generator=torch.Generator().manual_seed(0))
+    assert (tok.encode(noise, epsilon=0.05).lengths == tok.max_tokens).all()

@@ -149,8 +149,8 @@ class KARLTokenizer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        # variance-preserving init where signal must pass at full scale from step one: the
-        # token projection (FSQ rounds small values to its zero level) and the linear paths
+        # variance-preserving init where signal must pass at full scale from step one (FSQ
+        # rounds small values to its zero level, so a 0.02-scale token projection passes nothing)
         nn.init.xavier_uniform_(self.from_token.weight)
         if self.linear_path is not None:
             # the model starts as the linear (PCA) tokenizer: the transformer branches begin at
