@@ -95,3 +95,17 @@ def test_kill_9_then_resume(tmp_path):
     assert steps == list(range(1, target + 1)), "rows past the checkpoint are dropped, then continued"
     assert list_checkpoints(run)[-1].name == f"step_{target:07d}"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "no partial checkpoint left"
+
+
+def test_init_from_checkpoint(tmp_path):
+    base = small_config("train.steps=2", "train.data=shapes")
+    ckpt = train(base, tmp_path / "base", progress=False)
+    start = load_file(str(ckpt / "model.safetensors"))
+    tuned = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}",
+                         "train.checkpoint_every=100", "train.eval_every=0", "optim.lr=0")
+    out = train(tuned, tmp_path / "tuned", progress=False)
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(start[k], after[k]) for k in start), "lr 0: weights must be exactly the start's"
+    other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
+    with pytest.raises(ValueError, match="differs"):
+        train(other, tmp_path / "bad", progress=False)

@@ -26,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     cfg = apply_overrides(get_preset(args.preset), args.set or [])
-    for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers"):
+    for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers", "init_from"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg.train, key, value)
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--data-workers", type=int, help="DataLoader worker processes")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config)")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any config field, e.g. --set model.width=192 (repeatable)")
     t.add_argument("--no-progress", action="store_true")

@@ -94,6 +94,7 @@ class TrainConfig:
     eval_data: str = "photos:calib"  # monitoring set for those curves (never the test split)
     eval_images: int = 128
     pca_init_images: int = 4096  # training images used to initialise the linear token path
+    init_from: str = ""  # start from this checkpoint's weights (fine-tuning) instead of a fresh PCA init
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch default
     data_workers: int = 0  # DataLoader worker processes making batches ahead (>= 2 on a GPU)

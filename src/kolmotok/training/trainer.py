@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import (
     TRAIN_STATE,
     list_checkpoints,
+    load_model,
     prune_checkpoints,
     read_meta,
     remove_partial_checkpoints,
@@ -144,7 +145,13 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     objective = objective or KARLObjective(cfg.objective)
     start = 0
     source = make_source(tc.data, cfg.model.image_size)
-    if not (resume and existing):
+    if tc.init_from and not (resume and existing):
+        start_model, meta = load_model(tc.init_from, device)
+        if meta["model"] != to_dict(cfg.model):
+            raise ValueError(f"--init-from {tc.init_from}: its model config differs from this run's")
+        model.load_state_dict(start_model.state_dict())
+        log.info("initialised from %s (step %s)", tc.init_from, meta.get("step"))
+    elif not (resume and existing):
         pca_images = source.sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
         model.init_linear_path(pca_images.to(device))
     if resume and existing:
