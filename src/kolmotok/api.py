@@ -159,11 +159,6 @@ class Tokenizer:
         """
         return _load_images(list(paths), self.image_size, skip_errors=False).images
 
-    def reconstruct(self, images: torch.Tensor, epsilon: float = 0.05,
-                    budget: int | None = None) -> tuple[Encoding, torch.Tensor]:
-        enc = self.encode(images, epsilon, budget)
-        return enc, self.decode(enc)
-
 
 def load(path: str | Path | None = None, device: str | torch.device | None = None) -> Tokenizer:
     """Load a tokenizer: the shipped default checkpoint, or a checkpoint / run directory."""

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..io import atomic_path
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -106,8 +108,6 @@ def list_images(root: str | Path) -> list[Path]:
 
 def save_image(image: torch.Tensor, path: str | Path) -> None:
     """(3, H, W) in [0, 1] -> PNG, written atomically."""
-    from ..io import atomic_path
-
     arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
