@@ -68,6 +68,8 @@ class ObjectiveConfig:
     full_budget_prob: float = 0.2  # phase-1 budget is T_max this often, else uniform in 1..T_max
     stricter_target_prob: float = 0.25  # share of phase-2 images conditioned below their achieved error
     stricter_target_min: float = 0.3  # ... by a factor drawn uniformly from [this, 1)
+    looser_target_prob: float = 0.0  # share of phase-2 images conditioned above their achieved error
+    looser_target_max: float = 8.0  # ... by a factor drawn log-uniformly from (1, this]
     mse_weight: float = 0.0  # optional squared-error term beside l1
     shorter_prefix_tolerance: float = 0.02  # a shorter prefix is the label if its l1 <= eps_T * (1 + this); <0 off
 

@@ -14,7 +14,7 @@ shorter prefix T' < T of the same tokens (no gradient); where it is already with
 ``shorter_prefix_tolerance`` of eps_T, the halting label length is T' instead of T. Without
 it, an image whose error stops falling early (a flat colour reaches its error with one
 token) is taught "T tokens" for a random T, and keeps far more tokens than it needs.
-*Stricter targets*: a share of phase-2 images is conditioned on
+*Stricter* (and optionally *looser*) *targets*: a share of phase-2 images is conditioned on
 a target below eps_T. For them only "at least T tokens" is known, so tokens past T get
 no halting label (censored). With T = T_max it teaches "an unreachable target keeps
 every token", which is what makes pure noise use the whole budget.
@@ -22,6 +22,7 @@ every token", which is what makes pure noise use the whole budget.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,10 +86,16 @@ class KARLObjective:
         stricter = (torch.rand(B, generator=g) < cfg.stricter_target_prob).to(dev)
         factor = (cfg.stricter_target_min + (1 - cfg.stricter_target_min) * torch.rand(B, generator=g)).to(dev)
         target = torch.where(stricter, target * factor, target)
+        looser = ~stricter & (torch.rand(B, generator=g) < cfg.looser_target_prob).to(dev)
+        scale = torch.exp(torch.rand(B, generator=g) * math.log(cfg.looser_target_max)).to(dev)
+        target = torch.where(looser, target * scale, target)
         lat2 = model.encode(images, target, T_max)
         position = torch.arange(T_max, device=dev)[None, :]
         halt_label = (position >= label_len[:, None]).float()
-        label_weight = torch.where(stricter[:, None] & (position >= T), 0.0, 1.0)
+        # censored labels: a stricter target only says "more than T" (no label past T); a
+        # looser one only says "T is enough" (no label before T, halt from T on)
+        label_weight = torch.where((stricter[:, None] & (position >= T)) | (looser[:, None] & (position < T)),
+                                   0.0, 1.0)
         bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
                                                   reduction="sum") / label_weight.sum()
         lengths = model.halt(lat2.halt_logits.detach(), target)
