@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..api import Tokenizer
 from ..checkpoint import (
     TRAIN_STATE,
     list_checkpoints,
@@ -29,7 +30,7 @@ from ..checkpoint import (
 )
 from ..config import RunConfig, from_dict, to_dict
 from ..data import eval_set, make_source
-from ..evaluation.metrics import l1_per_image
+from ..evaluation.evaluate import run_batched
 from ..io import write_json
 from ..models import KARLTokenizer
 from .objective import KARLObjective, LossOutput
@@ -85,20 +86,11 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
 
 
 @torch.no_grad()
-def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[int],
-                    batch: int = 128) -> dict[int, float]:
-    """Mean l1 of fixed-length (eps = 0) reconstructions at each budget."""
+def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[int]) -> dict[int, float]:
+    """Mean l1 of fixed-length (eps = 0) reconstructions at each budget (the eval table's measurement)."""
     was_training = model.training
-    model.eval()
-    out = {}
-    dev = next(model.parameters()).device
-    for T in budgets:
-        errs = []
-        for chunk in images.split(batch):
-            x = chunk.to(dev)
-            tok = model.tokenize(x, torch.zeros(len(x), device=dev), T)
-            errs.append(l1_per_image(model.decode(tok.vectors, tok.lengths).clamp(0, 1), x).cpu())
-        out[T] = float(torch.cat(errs).mean())
+    tok = Tokenizer(model)  # puts the model in eval mode
+    out = {T: float(run_batched(tok, images, 0.0, T).l1.mean()) for T in budgets}
     model.train(was_training)
     return out
 
