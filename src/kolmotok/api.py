@@ -7,13 +7,14 @@ gives per-image variable-length sequences at the edge.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
+from .calibration import Calibration, calibrate, load_calibrations, save_calibrations
+from .checkpoint import load_model, resolve_checkpoint
 from .data.images import load_images as _load_images
 from .models import KARLTokenizer
 
@@ -28,12 +29,28 @@ class Encoding:
         float vectors padded with zeros (continuous models).
     lengths: (B,) long, tokens kept per image: KARL's complexity estimate.
     epsilon: (B,) the target l1 error each image was encoded for (0 = fixed length).
+    condition: (B,) the target the model was conditioned on: ``epsilon`` itself, or the
+        calibrated condition when a guarantee was applied.
+    guarantee: the calibrated share of images promised to meet ``epsilon`` (None: no promise).
+    guaranteed: (B,) bool, False where the calibration could not promise it (eps below the
+        calibrated range, or beyond what the full budget reaches); None without a guarantee.
+    reencoded: (B,) with ``verify=True``: how many times each image was re-encoded at a
+        tighter condition after missing eps (0 for most); None without verification.
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     epsilon: torch.Tensor
     budget: int
+    condition: torch.Tensor | None = None
+    guarantee: float | None = None
+    guaranteed: torch.Tensor | None = None
+    reencoded: torch.Tensor | None = None
+
+    @property
+    def num_reencoded(self) -> int:
+        """Images that verification had to re-encode (0 without ``verify``)."""
+        return 0 if self.reencoded is None else int((self.reencoded > 0).sum())
 
     def to_list(self) -> list[torch.Tensor]:
         """Per-image token sequences without padding."""
@@ -54,9 +71,11 @@ def _default_device() -> torch.device:
 class Tokenizer:
     """A trained KARL tokenizer ready for inference (see :func:`load`)."""
 
-    def __init__(self, model: KARLTokenizer, meta: dict | None = None) -> None:
+    def __init__(self, model: KARLTokenizer, meta: dict | None = None,
+                 calibrations: dict[float, Calibration] | None = None) -> None:
         self.model = model.eval()
         self.meta = meta or {}
+        self.calibrations: dict[float, Calibration] = dict(calibrations or {})  # keyed by alpha
 
     # ------------------------------------------------------------------ properties
     @property
@@ -119,20 +138,73 @@ class Tokenizer:
         return budget
 
     # ------------------------------------------------------------------ inference
+    def _calibration(self, guarantee: float) -> Calibration:
+        if isinstance(guarantee, bool) or not isinstance(guarantee, (int, float)) or not 0 < guarantee < 1:
+            raise ValueError(f"guarantee must be a share in (0, 1), e.g. 0.9, got {guarantee!r}")
+        for alpha, cal in self.calibrations.items():
+            if abs(alpha - (1 - guarantee)) < 1e-9:
+                return cal
+        have = sorted(round(c.guarantee, 6) for c in self.calibrations.values()) or "none"
+        raise ValueError(f"no calibration for guarantee {guarantee} (have: {have}); run `kolmotok calibrate "
+                         f"--ckpt ... --alpha {1 - guarantee:.3g}` or tok.calibrate(images, alpha=...)")
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, epsilon: float | Sequence[float] | torch.Tensor = 0.05,
-               budget: int | None = None) -> Encoding:
+               budget: int | None = None, guarantee: float | None = None, verify: bool = False) -> Encoding:
         """One encoder pass: images (B, 3, S, S) in [0, 1] -> :class:`Encoding`.
 
         epsilon: target mean absolute error per image (one value or one per image);
             0 disables adaptivity, keeping exactly ``budget`` tokens.
         budget: most tokens to use, 1..max_tokens (default max_tokens).
+        guarantee: e.g. 0.9 -- encode at the calibrated condition that makes at least this share
+            of images meet epsilon (needs a calibration for alpha = 1 - guarantee; see calibrate).
+        verify: one extra decoder pass checks each image; those that miss epsilon are
+            re-encoded at tighter conditions (half, a quarter, then the full budget).
         """
         x = self._check_images(images)
         eps = self._check_epsilon(epsilon, x.shape[0])
         T = self._check_budget(budget)
-        out = self.model.tokenize(x, eps, T)
-        return Encoding(out.codes, out.lengths, eps, T)
+        cond, guaranteed = eps, None
+        if guarantee is not None:
+            cond, guaranteed = self._calibration(guarantee).lookup(eps)
+            cond = torch.where(eps > 0, cond, 0.0)
+        out = self.model.tokenize(x, cond, T)
+        enc = Encoding(out.codes, out.lengths, eps, T, cond, guarantee, guaranteed)
+        return self._verify(x, enc) if verify else enc
+
+    def _verify(self, x: torch.Tensor, enc: Encoding) -> Encoding:
+        from .evaluation.metrics import l1_per_image
+
+        tokens, lengths, cond = enc.tokens.clone(), enc.lengths.clone(), enc.condition.clone()
+        reencoded = torch.zeros_like(lengths)
+        miss = (l1_per_image(self.model.detokenize(tokens, lengths), x) > enc.epsilon) & (enc.epsilon > 0)
+        for factor in (0.5, 0.25, 0.0):  # 0: every token of the budget
+            idx = miss.nonzero().squeeze(1)
+            if not len(idx):
+                break
+            c = enc.condition[idx] * factor
+            out = self.model.tokenize(x[idx], c, enc.budget)
+            reencoded[idx] += 1
+            err = l1_per_image(self.model.detokenize(out.codes, out.lengths), x[idx])
+            ok = (err <= enc.epsilon[idx]) | (factor == 0)
+            tokens[idx[ok]], lengths[idx[ok]], cond[idx[ok]] = out.codes[ok], out.lengths[ok], c[ok]
+            miss[idx[ok]] = False
+        return replace(enc, tokens=tokens, lengths=lengths, condition=cond, reencoded=reencoded)
+
+    def calibrate(self, images: torch.Tensor, alpha: float = 0.1, data: str = "images") -> Calibration:
+        """Split-conformal calibration on held-out ``images`` (never the training or test set):
+        afterwards ``encode(..., guarantee=1 - alpha)`` meets eps on at least 1 - alpha of
+        images like these. See :mod:`kolmotok.calibration`; :meth:`save_calibration` stores it."""
+        from .evaluation.evaluate import run_batched
+
+        x = self._check_images(images)
+        cal = calibrate(lambda c: run_batched(self, x, c, quality=False).l1, alpha, data)
+        self.calibrations[cal.alpha] = cal
+        return cal
+
+    def save_calibration(self, directory: str | Path) -> Path:
+        """Write every calibration of this tokenizer to ``directory/calibration.json`` (atomic)."""
+        return save_calibrations(directory, self.calibrations)
 
     @torch.no_grad()
     def decode(self, encoding: Encoding | torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,7 +234,7 @@ class Tokenizer:
 
 def load(path: str | Path | None = None, device: str | torch.device | None = None) -> Tokenizer:
     """Load a tokenizer: the shipped default checkpoint, or a checkpoint / run directory."""
-    ckpt = shipped_checkpoint() if path is None else Path(path)
+    ckpt = resolve_checkpoint(shipped_checkpoint() if path is None else Path(path))
     model, meta = load_model(ckpt, device or _default_device())
-    return Tokenizer(model, meta)
+    return Tokenizer(model, meta, load_calibrations(ckpt))
 

@@ -100,6 +100,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import resolve_checkpoint
+    from .data import eval_set
+
+    tok = _load(args)
+    data = eval_set(args.data, tok.image_size, args.num_images)
+    if args.data.startswith("photos:") and args.data != "photos:calib":
+        log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)",
+                    args.data)
+    for alpha in args.alpha:
+        cal = tok.calibrate(data.images, alpha=alpha, data=args.data)
+        print(f"alpha = {alpha} (guarantee {cal.guarantee:.3g}), {cal.num_images} images of {args.data}:")
+        for eps in args.epsilons:
+            cond, ok = cal.lookup(torch.tensor([eps]))
+            note = "" if bool(ok) else "  (not attainable: the full budget misses eps too often; uses every token)"
+            print(f"  eps {eps:5.3f} -> condition {float(cond):.4f}{note}")
+    target = args.out or (resolve_checkpoint(args.ckpt) if args.ckpt else None)
+    if target is None:
+        from .api import shipped_checkpoint
+
+        target = shipped_checkpoint()
+    print(f"saved: {tok.save_calibration(target)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .data import eval_set
+    from .evaluation.bench import DEFAULT_METHODS, build_methods, format_bench, run_bench, save_bench
+    from .evaluation.figures import write_figures
+
+    tok = _load(args)
+    num = args.num_images if not args.quick else min(args.num_images, 16)
+    data = eval_set(args.data, tok.image_size, num)
+    methods = build_methods(args.methods or list(DEFAULT_METHODS), tok, args.baselines, device=args.device)
+    res = run_bench(methods, data, args.epsilons, tok.max_tokens, count_flops=not args.quick)
+    res.device = str(tok.device)
+    print(format_bench(res))
+    if args.out:
+        out = Path(args.out)
+        save_bench(res, out)
+        sheet_eps = 0.05 if 0.05 in args.epsilons else args.epsilons[0]
+        for path in write_figures(res, methods, data.images, out, sheet_eps):
+            log.info("wrote %s", path)
+        print(f"results: {out / 'results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kolmotok", description="Single-pass adaptive image tokenization (KARL).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -145,6 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
     n.add_argument("--out", help="write reconstructions (PNG) to this directory")
     n.set_defaults(func=cmd_encode)
+
+    c = sub.add_parser("calibrate", help="split-conformal calibration: a guaranteed share of images meets eps")
+    add_ckpt(c)
+    c.add_argument("--data", default="photos:calib", help="held-out images, disjoint from training and test")
+    c.add_argument("--alpha", type=_parse_epsilons, default=[0.1],
+                   help="allowed miss rate(s), comma-separated (guarantee = 1 - alpha)")
+    c.add_argument("--num-images", type=int, default=512)
+    c.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12],
+                   help="eps values to print (the stored calibration covers 0.01..0.3)")
+    c.add_argument("--out", help="directory for calibration.json (default: the checkpoint's own directory)")
+    c.set_defaults(func=cmd_calibrate)
+
+    b = sub.add_parser("bench", help="every method on the same images: tokens, quality, passes, time, FLOPs")
+    add_ckpt(b)
+    b.add_argument("--data", default="photos:test")
+    b.add_argument("--epsilons", type=_parse_epsilons, default=[0.03, 0.05, 0.08, 0.12])
+    b.add_argument("--methods", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+                   help="comma-separated (default all): karl, karl@0.9, oracle, prefix, recurrent, fixed, "
+                        "codecs (or png, jpeg, webp)")
+    b.add_argument("--baselines", default="runs/baselines",
+                   help="directory of baseline runs prefix/, recurrent/, fixedN/ (benchmarks/train_baselines.sh)")
+    b.add_argument("--num-images", type=int, default=256)
+    b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting (for tests)")
+    b.add_argument("--out", help="directory for results.json, results.txt and figures")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="run the shipped tokenizer on built-in images; write a PNG sheet")
     add_ckpt(d)

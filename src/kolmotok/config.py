@@ -36,6 +36,7 @@ class ModelConfig:
     token_dim: int = 6  # size of a continuous token (ignored for FSQ)
     halting_threshold: float = 0.75  # a token halts when P(halt) exceeds this (KARL ref.)
     epsilon_floor: float = 1e-3  # eps values are clamped here before log-embedding
+    recurrent_step: int = 0  # > 0: ALIT-style recurrent baseline adding this many tokens per rollout
 
     @property
     def grid_size(self) -> int:
@@ -56,14 +57,26 @@ class ModelConfig:
             raise ValueError(f"quantizer must be 'fsq' or 'continuous', got {self.quantizer!r}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.recurrent_step < 0 or (self.recurrent_step and self.max_tokens % self.recurrent_step):
+            raise ValueError(f"recurrent_step {self.recurrent_step} must be 0 or divide max_tokens {self.max_tokens}")
         if not 0.0 < self.halting_threshold < 1.0:
             raise ValueError(f"halting_threshold must be in (0, 1), got {self.halting_threshold}")
 
 
+OBJECTIVES = ("karl", "fixed", "prefix", "recurrent")
+
+
 @dataclass
 class ObjectiveConfig:
-    """The two-phase KARL objective (KARL.md, "Training")."""
+    """The training objective: KARL's two-phase objective (KARL.md, "Training") or a baseline's.
 
+    kind: "karl"; "fixed" (always ``fixed_length`` tokens, TiTok-style); "prefix" (a random
+    tail of tokens dropped per image, nested dropout); "recurrent" (ALIT-style rollouts of
+    ``model.recurrent_step`` tokens). See kolmotok.training.objective.
+    """
+
+    kind: str = "karl"
+    fixed_length: int = 0  # tokens of a "fixed" model (1..T_max)
     halting_weight: float = 0.5  # weight of the halting BCE against the l1 reconstruction losses
     full_budget_prob: float = 0.2  # phase-1 budget is T_max this often, else uniform in 1..T_max
     stricter_target_prob: float = 0.25  # share of phase-2 images conditioned below their achieved error
@@ -188,9 +201,42 @@ def _base() -> RunConfig:
 PRESETS = {"tiny": _tiny, "small": _small, "base": _base}
 
 
+def _baseline(base: str, kind: str, fixed_length: int = 0, **model_fields) -> RunConfig:
+    cfg = PRESETS[base]()
+    cfg.objective.kind, cfg.objective.fixed_length = kind, fixed_length
+    for key, value in model_fields.items():
+        setattr(cfg.model, key, value)
+    return cfg
+
+
+def _register_baselines(base: str) -> None:
+    """``BASE-prefix``, ``BASE-recurrent`` and ``BASE-fixedN`` (N = T_max/8, /4, /2, T_max): same
+    backbone, data and steps as ``BASE``, each with its own objective (issue: baselines)."""
+    T = PRESETS[base]().model.max_tokens
+    PRESETS[f"{base}-prefix"] = lambda: _baseline(base, "prefix")
+    PRESETS[f"{base}-recurrent"] = lambda: _baseline(base, "recurrent", recurrent_step=max(1, T // 8))
+    for n in sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T}):
+        PRESETS[f"{base}-fixed{n}"] = lambda n=n: _baseline(base, "fixed", fixed_length=n)
+
+
+for _base_name in ("tiny", "small", "base"):
+    _register_baselines(_base_name)
+
+
+def validate(cfg: RunConfig) -> None:
+    cfg.model.validate()
+    o = cfg.objective
+    if o.kind not in OBJECTIVES:
+        raise ValueError(f"objective.kind must be one of {OBJECTIVES}, got {o.kind!r}")
+    if o.kind == "fixed" and not 1 <= o.fixed_length <= cfg.model.max_tokens:
+        raise ValueError(f"objective.fixed_length must be in 1..{cfg.model.max_tokens}, got {o.fixed_length}")
+    if o.kind == "recurrent" and not cfg.model.recurrent_step:
+        raise ValueError("objective.kind 'recurrent' needs model.recurrent_step > 0")
+
+
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     cfg = PRESETS[name]()
-    cfg.model.validate()
+    validate(cfg)
     return cfg

@@ -19,22 +19,26 @@ DEFAULT_EPSILONS = (0.02, 0.03, 0.05, 0.08, 0.12)
 class Reconstructions:
     lengths: torch.Tensor  # (N,)
     l1: torch.Tensor  # (N,)
-    psnr: torch.Tensor
-    ssim: torch.Tensor
+    psnr: torch.Tensor | None  # None when run with quality=False
+    ssim: torch.Tensor | None
 
 
 @torch.no_grad()
 def run_batched(tok: Tokenizer, images: torch.Tensor, epsilon: float, budget: int | None = None,
-                batch: int = 256) -> Reconstructions:
-    """Encode + decode ``images`` at one eps / budget and measure each reconstruction."""
+                batch: int = 256, quality: bool = True) -> Reconstructions:
+    """Encode + decode ``images`` at one eps / budget and measure each reconstruction
+    (l1, and PSNR / SSIM unless ``quality`` is False)."""
     parts = []
     for chunk in images.split(batch):
         enc = tok.encode(chunk, epsilon=epsilon, budget=budget)
         rec = tok.decode(enc)
         x = chunk.to(rec.device)
-        parts.append((enc.lengths.cpu(), l1_per_image(rec, x).cpu(), psnr_per_image(rec, x).cpu(),
-                      ssim_per_image(rec, x).cpu()))
-    return Reconstructions(*(torch.cat(p) for p in zip(*parts)))
+        row = [enc.lengths.cpu(), l1_per_image(rec, x).cpu()]
+        if quality:
+            row += [psnr_per_image(rec, x).cpu(), ssim_per_image(rec, x).cpu()]
+        parts.append(row)
+    cols = [torch.cat(p) for p in zip(*parts)]
+    return Reconstructions(*cols, *([None, None] if not quality else []))
 
 
 @dataclass

@@ -140,6 +140,8 @@ class KARLTokenizer(nn.Module):
         self.linear_path = LinearPath(cfg.linear_path_resolution, T, cfg.code_dim) if cfg.linear_path else None
         self.decoder = Transformer(D, cfg.decoder_layers, cfg.num_heads, cfg.mlp_ratio)
         self.head = PixelHead(cfg.stem, cfg.patch_size, cfg.stem_channels, D)
+        # recurrent baseline (ALIT-style) only: the tokens of the previous rollout, fed back
+        self.feedback = nn.Linear(cfg.code_dim, D) if cfg.recurrent_step else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -162,14 +164,26 @@ class KARLTokenizer(nn.Module):
             nn.init.xavier_uniform_(self.to_token.weight)
         # start with P(halt) small so early phase-2 decodes see most tokens
         nn.init.constant_(self.halt_head.bias, -2.0)
+        if self.feedback is not None:  # zero: a rollout starts as a plain encode at its budget
+            nn.init.zeros_(self.feedback.weight)
 
     # ------------------------------------------------------------------ stages
-    def encode(self, images: torch.Tensor, epsilon: torch.Tensor, num_tokens: int) -> Latents:
-        """images (B, 3, H, W) in [0, 1], epsilon (B,), num_tokens T -> Latents with (B, T, ...)."""
+    def encode(self, images: torch.Tensor, epsilon: torch.Tensor, num_tokens: int,
+               previous: torch.Tensor | None = None) -> Latents:
+        """images (B, 3, H, W) in [0, 1], epsilon (B,), num_tokens T -> Latents with (B, T, ...).
+
+        previous (recurrent models only): (B, P, code_dim) token vectors of the previous
+        rollout, P < T, added to the first P latent inputs; the rollout re-encodes them with
+        the image and outputs all T tokens (ALIT-style).
+        """
         B = images.shape[0]
         grid = self.stem(images * 2.0 - 1.0) + self.enc_pos  # (B, G*G, D)
         eps = self.eps_embed(epsilon)  # (B, 1, D)
         latents = self.latent_tokens[:, :num_tokens].expand(B, -1, -1)  # (B, T, D)
+        if previous is not None:
+            if self.feedback is None:
+                raise ValueError("previous tokens given to a model without recurrent_step")
+            latents = latents + F.pad(self.feedback(previous), (0, 0, 0, num_tokens - previous.shape[1]))
         x = self.encoder(torch.cat([eps, grid, latents], dim=1))
         out = x[:, -num_tokens:]  # (B, T, D)
         direct = None if self.linear_path is None else self.linear_path.encode(images)[:, :num_tokens]
@@ -213,6 +227,13 @@ class KARLTokenizer(nn.Module):
         """Data-dependent initialisation (PCA) of the linear token path; see :class:`LinearPath`."""
         if self.linear_path is not None:
             self.linear_path.init_pca(images, self.quantizer)
+
+    def rollout(self, images: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Recurrent models: one rollout (one encoder pass, eps = 0) -> token vectors
+        (B, P + recurrent_step, code_dim), the previous rollout's P tokens re-encoded plus new ones."""
+        count = (0 if previous is None else previous.shape[1]) + self.cfg.recurrent_step
+        zeros = torch.zeros(images.shape[0], device=images.device)
+        return self.quantize(self.encode(images, zeros, count, previous)).vectors
 
     # ------------------------------------------------------------------ wiring
     def tokenize(self, images: torch.Tensor, epsilon: torch.Tensor, budget: int) -> Tokens:

@@ -1,4 +1,6 @@
-"""Training objectives. The trainer calls ``objective(model, images, generator)``.
+"""Training objectives. The trainer calls ``objective(model, images, generator)``;
+:func:`build_objective` picks one by ``objective.kind``. Baselines (same backbone, own
+objective): :class:`FixedObjective`, :class:`PrefixObjective`, :class:`RecurrentObjective`.
 
 :class:`KARLObjective` is the two-phase "upside-down RL" objective of KARL (paper §3;
 KARL.md "Training"), run on every batch:
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ObjectiveConfig
+from ..config import ObjectiveConfig, RunConfig
 from ..evaluation.metrics import l1_per_image
 from ..models import KARLTokenizer
 
@@ -45,16 +47,66 @@ def sample_budget(max_tokens: int, full_budget_prob: float, g: torch.Generator) 
     return int(torch.randint(1, max_tokens + 1, (1,), generator=g))
 
 
-class KARLObjective:
+class Objective:
+    """Base: holds the config and the shared reconstruction loss."""
+
     def __init__(self, cfg: ObjectiveConfig) -> None:
         self.cfg = cfg
 
     def reconstruction(self, recon: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, per-image l1): mean l1, plus the optional squared-error term."""
         err = l1_per_image(recon, images)
         loss = err.mean()
         if self.cfg.mse_weight:
             loss = loss + self.cfg.mse_weight * F.mse_loss(recon, images)
         return loss, err
+
+    def reconstruct(self, model: KARLTokenizer, images: torch.Tensor, vectors: torch.Tensor,
+                    lengths: torch.Tensor) -> LossOutput:
+        """Decode ``lengths`` tokens per image and score it: the whole loss of the baselines."""
+        loss, err = self.reconstruction(model.decode(vectors, lengths), images)
+        return LossOutput(loss, {"loss": loss.item(), "l1": err.mean().item(),
+                                 "kept": lengths.float().mean().item()})
+
+
+class FixedObjective(Objective):
+    """TiTok-style: always exactly ``fixed_length`` tokens (eps = 0 mode)."""
+
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+        B, n = images.shape[0], self.cfg.fixed_length
+        vectors = model.quantize(model.encode(images, torch.zeros(B, device=images.device), n)).vectors
+        return self.reconstruct(model, images, vectors, torch.full((B,), n, device=images.device))
+
+
+class PrefixObjective(Objective):
+    """Nested dropout / tail drop (One-D-Piece, FlexTok): encode T_max tokens, keep a random
+    prefix per image (the full budget with probability ``full_budget_prob``) and decode it."""
+
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+        B, T, dev = images.shape[0], model.cfg.max_tokens, images.device
+        vectors = model.quantize(model.encode(images, torch.zeros(B, device=dev), T)).vectors
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths = torch.where(torch.rand(B, generator=g) < self.cfg.full_budget_prob, T, lengths)
+        return self.reconstruct(model, images, vectors, lengths.to(dev))
+
+
+class RecurrentObjective(Objective):
+    """ALIT-style recurrent allocation: R rollouts (R uniform in 1..T_max/k, the last one
+    with gradient; earlier ones are the detached input it refines), then decode its R*k tokens."""
+
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+        k, T = model.cfg.recurrent_step, model.cfg.max_tokens
+        rollouts = int(torch.randint(1, T // k + 1, (1,), generator=g))
+        previous = None
+        with torch.no_grad():
+            for _ in range(rollouts - 1):
+                previous = model.rollout(images, previous)
+        vectors = model.rollout(images, previous)
+        return self.reconstruct(model, images, vectors, torch.full((images.shape[0],), vectors.shape[1],
+                                                                   device=images.device))
+
+
+class KARLObjective(Objective):
 
     @torch.no_grad()
     def sufficient_prefix(self, model: KARLTokenizer, images: torch.Tensor, vectors: torch.Tensor,
@@ -103,7 +155,13 @@ class KARLObjective:
         loss_rec2, err2 = self.reconstruction(rec2, images)
 
         loss = loss_rec1 + loss_rec2 + cfg.halting_weight * (bce1 + bce2)
-        metrics = {"loss": loss.item(), "l1_p1": err1.mean().item(), "l1_p2": err2.mean().item(),
+        metrics = {"loss": loss.item(), "l1": err1.mean().item(), "l1_p2": err2.mean().item(),
                    "bce": bce2.item(), "budget": float(T), "label_len": label_len.float().mean().item(),
                    "kept": lengths.float().mean().item()}
         return LossOutput(loss, metrics)
+
+
+def build_objective(cfg: RunConfig) -> Objective:
+    kinds = {"karl": KARLObjective, "fixed": FixedObjective, "prefix": PrefixObjective,
+             "recurrent": RecurrentObjective}
+    return kinds[cfg.objective.kind](cfg.objective)

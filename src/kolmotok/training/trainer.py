@@ -28,12 +28,12 @@ from ..checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from ..config import RunConfig, from_dict, to_dict
+from ..config import RunConfig, from_dict, to_dict, validate
 from ..data import eval_set, make_source
 from ..evaluation.evaluate import run_batched
 from ..io import write_json
 from ..models import KARLTokenizer
-from .objective import KARLObjective, LossOutput
+from .objective import LossOutput, build_objective
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,22 @@ def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[in
     """Mean l1 of fixed-length (eps = 0) reconstructions at each budget (the eval table's measurement)."""
     was_training = model.training
     tok = Tokenizer(model)  # puts the model in eval mode
-    out = {T: float(run_batched(tok, images, 0.0, T).l1.mean()) for T in budgets}
+    out = {T: float(run_batched(tok, images, 0.0, T, quality=False).l1.mean()) for T in budgets}
     model.train(was_training)
     return out
+
+
+def init_weights(model: KARLTokenizer, path: str) -> None:
+    """Fine-tuning start: load a checkpoint's weights. Its model config must match, except that a
+    recurrent baseline may start from a plain model (its feedback layer keeps its zero init)."""
+    start_model, meta = load_model(path, "cpu")
+    theirs, ours = dict(meta["model"], recurrent_step=0), dict(to_dict(model.cfg), recurrent_step=0)
+    if theirs != ours:
+        raise ValueError(f"--init-from {path}: its model config differs from this run's")
+    missing, unexpected = model.load_state_dict(start_model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("feedback.") for k in missing):
+        raise ValueError(f"--init-from {path}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    log.info("initialised from %s (step %s)", path, meta.get("step"))
 
 
 class MetricsLog:
@@ -118,7 +131,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
           progress: bool = True) -> Path:
     """Train ``cfg`` into ``out_dir``; returns the final checkpoint directory."""
     out_dir = Path(out_dir)
-    cfg.model.validate()
+    validate(cfg)
     tc = cfg.train
     existing = list_checkpoints(out_dir)
     if existing and not resume:
@@ -137,15 +150,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     optimizer = build_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.optim.warmup_steps, tc.steps, cfg.optim.min_lr_ratio))
-    objective = objective or KARLObjective(cfg.objective)
+    objective = objective or build_objective(cfg)
     start = 0
     source = make_source(tc.data, cfg.model.image_size)
     if tc.init_from and not (resume and existing):
-        start_model, meta = load_model(tc.init_from, device)
-        if meta["model"] != to_dict(cfg.model):
-            raise ValueError(f"--init-from {tc.init_from}: its model config differs from this run's")
-        model.load_state_dict(start_model.state_dict())
-        log.info("initialised from %s (step %s)", tc.init_from, meta.get("step"))
+        init_weights(model, tc.init_from)
     elif not (resume and existing):
         pca_images = source.sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
         model.init_linear_path(pca_images.to(device))
@@ -197,7 +206,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
             for T, err in fixed_length_l1(model, monitor.images, budgets).items():
                 row[f"eval_l1_T{T}"] = err
         metrics.write(row)
-        bar.set_postfix(loss=f"{out.metrics['loss']:.4f}", l1=f"{out.metrics['l1_p1']:.4f}",
+        bar.set_postfix(loss=f"{out.metrics['loss']:.4f}", l1=f"{out.metrics['l1']:.4f}",
                         kept=f"{out.metrics['kept']:.1f}", refresh=False)
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             last = checkpoint(done)

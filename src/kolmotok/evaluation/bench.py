@@ -1,0 +1,288 @@
+"""``kolmotok bench``: every method on the same images, in one process, side by side.
+
+Stages: :func:`build_methods` (names -> :class:`Method` objects), :func:`run_bench` (measure:
+quality, sizes, passes, wall time, FLOPs), :func:`check_claims` (the project's claims as
+measured numbers), :func:`format_bench` (tables) and :mod:`.figures` (plots).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from ..api import Tokenizer, load
+from ..checkpoint import read_meta, resolve_checkpoint
+from ..data import EvalSet
+from ..io import write_json, write_text
+from .methods import (
+    CodecMethod,
+    FixedMethod,
+    KARLMethod,
+    Method,
+    MethodOutput,
+    OracleMethod,
+    PrefixMethod,
+    RecurrentMethod,
+)
+from .metrics import l1_per_image, psnr_per_image, spearman, ssim_per_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ("karl", "karl@0.9", "oracle", "prefix", "recurrent", "fixed", "codecs")
+CODECS = ("png", "jpeg", "webp")
+
+
+# ------------------------------------------------------------------ methods
+def _baseline_runs(root: Path, prefix: str) -> list[Path]:
+    return sorted((p for p in root.glob(f"{prefix}*") if p.is_dir()), key=lambda p: p.name)
+
+
+def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None, device=None) -> list[Method]:
+    """Method names -> objects. ``fixed`` expands to every ``fixed*`` run under ``baselines``,
+    ``codecs`` to png, jpeg and webp; ``karl@G`` is KARL with calibrated guarantee G."""
+    root = Path(baselines) if baselines else None
+
+    def baseline(name: str) -> Tokenizer:
+        if root is None:
+            raise ValueError(f"method {name!r} needs --baselines DIR (trained by benchmarks/train_baselines.sh)")
+        return load(root / name, device=device)
+
+    methods: list[Method] = []
+    for name in names:
+        if name == "karl":
+            methods.append(KARLMethod("karl", tok))
+        elif name.startswith("karl@"):
+            methods.append(KARLMethod(name, tok, guarantee=float(name.partition("@")[2])))
+            tok._calibration(float(name.partition("@")[2]))  # fail now, not mid-run
+        elif name == "oracle":
+            methods.append(OracleMethod("oracle", tok))
+        elif name == "prefix":
+            methods.append(PrefixMethod("prefix", baseline("prefix")))
+        elif name == "recurrent":
+            methods.append(RecurrentMethod("recurrent", baseline("recurrent")))
+        elif name == "fixed" or name.startswith("fixed"):
+            runs = _baseline_runs(root, name) if root else []
+            if not runs:
+                raise ValueError(f"method {name!r}: no {name}* runs under {root}")
+            for run in runs:
+                n = read_meta(resolve_checkpoint(run))["run"]["objective"]["fixed_length"]
+                methods.append(FixedMethod(f"fixed-{n}", load(run, device=device), n))
+        elif name == "codecs":
+            methods.extend(CodecMethod(c) for c in CODECS)
+        elif name in CODECS:
+            methods.append(CodecMethod(name))
+        else:
+            raise ValueError(f"unknown method {name!r}; known: karl, karl@G, oracle, prefix, recurrent, "
+                             f"fixed, fixedN, codecs, {', '.join(CODECS)}")
+    methods.sort(key=lambda m: m.name.startswith("fixed-") and int(m.name.split("-")[1]))
+    return methods
+
+
+# ------------------------------------------------------------------ measuring
+@dataclass
+class Row:
+    method: str
+    unit: str
+    epsilon: float
+    mean_size: float
+    median_size: float
+    mean_bits: float
+    meet_share: float
+    l1: float
+    psnr: float
+    ssim: float
+    encoder_passes: float  # per image, mean
+    decoder_passes: float
+    wall_ms_per_image: float
+    wall_ratio_to_karl: float | None
+    flops_per_image: float | None
+    sizes: list[float] = field(repr=False, default_factory=list)  # per image
+
+
+@dataclass
+class LengthRow:
+    method: str
+    tokens: int
+    l1: float
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class BenchResult:
+    data: str
+    num_images: int
+    max_tokens: int
+    epsilons: list[float]
+    rows: list[Row]
+    length_rows: list[LengthRow]
+    claims: list[dict] = field(default_factory=list)
+    device: str = "cpu"
+    threads: int = 1
+
+    def row(self, method: str, epsilon: float) -> Row | None:
+        return next((r for r in self.rows if r.method == method and r.epsilon == epsilon), None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batched(fn, images: torch.Tensor, batch: int) -> MethodOutput:
+    """Run ``fn`` on chunks of ``images`` and concatenate the outputs."""
+    parts = [fn(chunk) for chunk in images.split(batch)]
+    return MethodOutput(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(MethodOutput)))
+
+
+def _flops(fn, images: torch.Tensor, batch: int) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _batched(fn, images, batch)
+    return counter.get_total_flops() / len(images)
+
+
+def measure(method: Method, images: torch.Tensor, epsilon: float, batch: int, count_flops: bool) -> Row:
+    run = lambda x: method.at_epsilon(x, epsilon)  # noqa: E731
+    run(images[:2])  # warm-up: one-time allocations stay out of the timing
+    t0 = time.perf_counter()
+    out = _batched(run, images, batch)
+    wall = time.perf_counter() - t0
+    err = l1_per_image(out.recon, images)
+    flops = _flops(run, images, batch) if count_flops and method.unit == "tokens" else None
+    return Row(method.name, method.unit, epsilon, float(out.size.mean()), float(out.size.median()),
+               float(out.bits.mean()), float((err <= epsilon).float().mean()), float(err.mean()),
+               float(psnr_per_image(out.recon, images).mean()), float(ssim_per_image(out.recon, images).mean()),
+               float(out.encoder_passes.float().mean()), float(out.decoder_passes.float().mean()),
+               1000 * wall / len(images), None, flops, out.size.tolist())
+
+
+def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_tokens: int, batch: int = 256,
+              count_flops: bool = True, progress: bool = True) -> BenchResult:
+    images = data.images
+    jobs = [(m, e) for m in methods for e in epsilons]
+    rows = [measure(m, images, e, batch, count_flops)
+            for m, e in tqdm(jobs, desc="bench", disable=not progress, dynamic_ncols=True)]
+    for r in rows:
+        karl = next((k for k in rows if k.method == "karl" and k.epsilon == r.epsilon), None)
+        if karl is not None:
+            r.wall_ratio_to_karl = r.wall_ms_per_image / karl.wall_ms_per_image
+    lengths = sorted({max(1, max_tokens // 8), max(1, max_tokens // 4), max(1, max_tokens // 2), max_tokens})
+    length_rows = []
+    for m in methods:
+        for n in lengths:
+            out = m.at_length(images[:batch], n) if m.unit == "tokens" else None
+            if out is not None:
+                full = _batched(lambda x, m=m, n=n: m.at_length(x, n), images, batch)
+                length_rows.append(LengthRow(m.name, n, float(l1_per_image(full.recon, images).mean()),
+                                             float(psnr_per_image(full.recon, images).mean()),
+                                             float(ssim_per_image(full.recon, images).mean())))
+    result = BenchResult(data.name, len(images), max_tokens, list(epsilons), rows, length_rows,
+                         threads=torch.get_num_threads())
+    result.claims = check_claims(result)
+    return result
+
+
+# ------------------------------------------------------------------ claims
+def _claim(name: str, measured: str, ok: bool | None) -> dict:
+    return {"claim": name, "measured": measured, "status": "n/a" if ok is None else ("PASS" if ok else "FAIL")}
+
+
+def check_claims(res: BenchResult) -> list[dict]:
+    """The issue's acceptance targets, evaluated on this run's numbers (nothing is asserted)."""
+    claims = []
+    karl = [r for r in res.rows if r.method == "karl"]
+    if karl:
+        single = all(r.encoder_passes == 1 and r.decoder_passes == 1 for r in karl)
+        claims.append(_claim("KARL: 1 encoder + 1 decoder pass per image at every eps",
+                             ", ".join(f"{r.encoder_passes:g}+{r.decoder_passes:g}" for r in karl), single))
+    for other, target in (("recurrent", 3.0), ("prefix", 2.0)):
+        r = res.row(other, 0.05)
+        if r is not None and r.wall_ratio_to_karl is not None:
+            claims.append(_claim(f"wall time per image at eps=0.05: {other} / KARL >= {target:g}",
+                                 f"{r.wall_ratio_to_karl:.2f}", r.wall_ratio_to_karl >= target))
+    for eps in (0.05, 0.08):
+        k, o = res.row("karl", eps), res.row("oracle", eps)
+        if k and o:
+            ratio = k.mean_size / o.mean_size
+            claims.append(_claim(f"mean tokens at eps={eps}: KARL / oracle <= 1.2",
+                                 f"{k.mean_size:.2f} / {o.mean_size:.2f} = {ratio:.2f}", ratio <= 1.2))
+    fixed = sorted((r for r in res.rows if r.method.startswith("fixed-")), key=lambda r: r.mean_size)
+    for k in karl:
+        ok_fixed = [r for r in fixed if r.epsilon == k.epsilon and r.meet_share >= 0.9]
+        if ok_fixed:
+            f = ok_fixed[0]
+            saving = 1 - k.mean_size / f.mean_size
+            claims.append(_claim(f"eps={k.epsilon}: KARL uses >= 25% fewer tokens than the shortest fixed length "
+                                 f"meeting eps on 90%", f"{k.mean_size:.2f} vs {f.method}: {100 * saving:.0f}% fewer",
+                                 saving >= 0.25))
+        elif fixed:
+            claims.append(_claim(f"eps={k.epsilon}: KARL vs shortest fixed length meeting eps on 90%",
+                                 "no fixed length meets eps on 90% of images", None))
+    for cal in sorted({r.method for r in res.rows if r.method.startswith("karl@")}):
+        g = float(cal.partition("@")[2])
+        for eps in res.epsilons:
+            c, full = res.row(cal, eps), res.row("oracle", eps)
+            if c is None:
+                continue
+            reach = None if full is None else full.meet_share  # oracle meets eps wherever the full budget does
+            if reach is not None and reach < 0.95:
+                claims.append(_claim(f"{cal} at eps={eps}: outside the operating range",
+                                     f"full budget meets eps on {100 * reach:.1f}% (< 95%)", None))
+                continue
+            claims.append(_claim(f"{cal} at eps={eps}: meets eps on >= {100 * (g - 0.02):.0f}%",
+                                 f"{100 * c.meet_share:.1f}%", c.meet_share >= g - 0.02))
+            if full is not None:
+                ratio = c.mean_size / full.mean_size
+                claims.append(_claim(f"{cal} at eps={eps}: mean tokens <= 1.25x oracle",
+                                     f"{c.mean_size:.2f} / {full.mean_size:.2f} = {ratio:.2f}", ratio <= 1.25))
+    return claims
+
+
+# ------------------------------------------------------------------ report
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_bench(res: BenchResult) -> str:
+    lines = [f"data {res.data}: {res.num_images} images, T_max = {res.max_tokens}, {res.device}, "
+             f"{res.threads} threads", "",
+             " method     |   eps | mean size | median | meet eps | l1     | PSNR  | SSIM  | enc/img | dec/img "
+             "| ms/img | x KARL | MFLOPs/img",
+             "------------+-------+-----------+--------+----------+--------+-------+-------+---------+---------"
+             "+--------+--------+-----------"]
+    for r in res.rows:
+        size = f"{r.mean_size:7.2f} {'t' if r.unit == 'tokens' else 'B'}"
+        lines.append(
+            f" {r.method:10s} | {r.epsilon:5.3f} | {size:>9s} | {r.median_size:6.1f} | {100 * r.meet_share:7.1f}% | "
+            f"{r.l1:.4f} | {r.psnr:5.2f} | {r.ssim:.3f} | {r.encoder_passes:7.2f} | {r.decoder_passes:7.2f} | "
+            f"{r.wall_ms_per_image:6.3f} | {_fmt(r.wall_ratio_to_karl, '6.2f'):>6s} | "
+            f"{_fmt(None if r.flops_per_image is None else r.flops_per_image / 1e6, '9.1f'):>9s}")
+    lines += ["", " fixed length | method     | l1     | PSNR  | SSIM",
+              "--------------+------------+--------+-------+------"]
+    for r in sorted(res.length_rows, key=lambda r: (r.tokens, r.method)):
+        lines.append(f" {r.tokens:3d} tokens   | {r.method:10s} | {r.l1:.4f} | {r.psnr:5.2f} | {r.ssim:.3f}")
+    rho = karl_oracle_spearman(res)
+    if rho:
+        lines += ["", " Spearman(KARL tokens, oracle tokens) per eps: " + ", ".join(f"{e}: {v:.3f}" for e, v in rho)]
+    lines += ["", " claims (measured on this run):"]
+    for c in res.claims:
+        lines.append(f"   [{c['status']}] {c['claim']}: {c['measured']}")
+    return "\n".join(lines)
+
+
+def karl_oracle_spearman(res: BenchResult) -> list[tuple[float, float]]:
+    """(eps, Spearman rho between KARL's and the oracle's per-image token counts)."""
+    pairs = [(e, res.row("karl", e), res.row("oracle", e)) for e in res.epsilons]
+    return [(e, spearman(np.array(k.sizes), np.array(o.sizes))) for e, k, o in pairs if k and o]
+
+
+def save_bench(res: BenchResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", res.to_dict())
+    write_text(out / "results.txt", format_bench(res) + "\n")

@@ -1,0 +1,150 @@
+"""Baselines through the shared Method interface, pass counting, codecs, and `kolmotok bench`."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import small_config
+from kolmotok.api import load
+from kolmotok.checkpoint import save_checkpoint
+from kolmotok.cli import main
+from kolmotok.config import to_dict
+from kolmotok.evaluation.bench import build_methods, check_claims, run_bench
+from kolmotok.evaluation.methods import CodecMethod, shortest_meeting
+from kolmotok.evaluation.metrics import l1_per_image
+from kolmotok.models import KARLTokenizer
+
+
+def _save_random(path, *overrides):
+    cfg = small_config(*overrides)
+    torch.manual_seed(0)
+    model = KARLTokenizer(cfg.model)
+    model.init_linear_path(torch.rand(64, 3, 16, 16))
+    save_checkpoint(path, model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    _save_random(root / "karl")
+    base = root / "baselines"
+    _save_random(base / "prefix", "objective.kind=prefix")
+    _save_random(base / "recurrent", "objective.kind=recurrent", "model.recurrent_step=2")
+    for n in (2, 8):
+        _save_random(base / f"fixed{n}", "objective.kind=fixed", f"objective.fixed_length={n}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def methods(checkpoints):
+    tok = load(checkpoints / "karl", device="cpu")
+    return build_methods(["karl", "oracle", "prefix", "recurrent", "fixed", "png", "jpeg"], tok,
+                         checkpoints / "baselines")
+
+
+IMAGES = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+def test_every_method_through_the_shared_interface(methods):
+    assert [m.name for m in methods] == ["karl", "oracle", "prefix", "recurrent", "png", "jpeg", "fixed-2", "fixed-8"]
+    for m in methods:
+        out = m.at_epsilon(IMAGES, 0.2)
+        assert out.recon.shape == IMAGES.shape and 0 <= out.recon.min() and out.recon.max() <= 1
+        assert out.size.shape == out.encoder_passes.shape == out.decoder_passes.shape == (6,)
+        assert (out.encoder_passes >= 1).all() and (out.decoder_passes >= 1).all()
+        if m.unit == "tokens":
+            assert ((out.size >= 1) & (out.size <= 8)).all()
+            torch.testing.assert_close(out.bits, out.size * m.tok.bits_per_token)
+
+
+def test_karl_is_one_pass_and_fixed_keeps_its_length(methods):
+    by = {m.name: m for m in methods}
+    for eps in (0.01, 0.1, 0.5):
+        out = by["karl"].at_epsilon(IMAGES, eps)
+        assert out.encoder_passes.eq(1).all() and out.decoder_passes.eq(1).all()
+    assert by["fixed-2"].at_epsilon(IMAGES, 0.01).size.eq(2).all()
+    assert by["fixed-2"].at_length(IMAGES, 8) is None and by["fixed-8"].at_length(IMAGES, 8) is not None
+
+
+def test_binary_search_finds_shortest_and_counts_its_probes():
+    images = torch.zeros(4, 3, 2, 2)
+    need = torch.tensor([1, 5, 8, 100])  # image i is within eps from length need[i] (100: never)
+
+    def probe(idx, lengths):  # error 0 once long enough, else 1
+        return (lengths < need[idx]).float()[:, None, None, None].expand(-1, 3, 2, 2).clone()
+
+    lengths, recon, probes = shortest_meeting(images, 0.5, 8, probe)
+    assert lengths.tolist() == [1, 5, 8, 8]
+    # full length first, then halving 1..8 takes 3 more; the hopeless image stops after 1
+    assert probes.tolist() == [4, 4, 4, 1]
+    assert l1_per_image(recon, images)[:3].eq(0).all()
+
+
+def test_searches_that_stop_early_count_fewer_passes(methods):
+    by = {m.name: m for m in methods}
+    easy, hard = by["recurrent"].at_epsilon(IMAGES, 10.0), by["recurrent"].at_epsilon(IMAGES, 0.0)
+    assert easy.encoder_passes.eq(1).all() and easy.decoder_passes.eq(1).all() and easy.size.eq(2).all()
+    assert hard.encoder_passes.eq(4).all() and hard.size.eq(8).all()  # 8 tokens / 2 per rollout
+    p_easy, p_hard = by["prefix"].at_epsilon(IMAGES, 10.0), by["prefix"].at_epsilon(IMAGES, 0.0)
+    assert p_easy.encoder_passes.eq(1).all() and p_easy.decoder_passes.eq(4).all() and p_easy.size.eq(1).all()
+    assert p_hard.decoder_passes.eq(1).all() and p_hard.size.eq(8).all()
+    o = by["oracle"].at_epsilon(IMAGES, 10.0)
+    assert torch.equal(o.encoder_passes, o.decoder_passes) and o.encoder_passes.eq(4).all()
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("eps", [0.01, 0.05, 0.15])
+def test_codecs_meet_epsilon_by_construction(fmt, eps):
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    images[0] = 0.3  # flat
+    out = CodecMethod(fmt).at_epsilon(images, eps)
+    assert (l1_per_image(out.recon, images) <= eps).all()
+    assert (out.size > 0).all() and torch.equal(out.bits, out.size * 8)
+
+
+def test_lossy_codecs_spend_fewer_bytes_on_a_looser_target():
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    tight, loose = CodecMethod("jpeg").at_epsilon(images, 0.03), CodecMethod("jpeg").at_epsilon(images, 0.2)
+    assert (loose.size <= tight.size).all() and loose.size.sum() < tight.size.sum()
+
+
+def test_unknown_method_and_missing_baselines_are_clear(checkpoints):
+    tok = load(checkpoints / "karl", device="cpu")
+    with pytest.raises(ValueError, match="unknown method"):
+        build_methods(["karl", "magic"], tok, None)
+    with pytest.raises(ValueError, match="baselines"):
+        build_methods(["prefix"], tok, None)
+    with pytest.raises(ValueError, match="no calibration"):
+        build_methods(["karl@0.9"], tok, None)
+
+
+def test_bench_table_and_claims(methods):
+    from kolmotok.data import EvalSet
+
+    res = run_bench(methods, EvalSet("random", IMAGES), [0.05, 0.3], 8, progress=False)
+    karl = [r for r in res.rows if r.method == "karl"]
+    assert len(res.rows) == len(methods) * 2 and all(r.wall_ratio_to_karl is not None for r in res.rows)
+    assert all(r.encoder_passes == 1 and r.decoder_passes == 1 for r in karl)
+    assert all((r.flops_per_image or 0) > 0 for r in res.rows if r.unit == "tokens")
+    assert all(r.flops_per_image is None for r in res.rows if r.unit == "bytes")
+    assert {(r.method, r.tokens) for r in res.length_rows} >= {("karl", 8), ("fixed-2", 2), ("prefix", 1)}
+    # the claims are recomputed from the rows, so doctoring a row changes the verdict
+    first = next(c for c in check_claims(res) if c["claim"].startswith("KARL: 1 encoder"))
+    assert first["status"] == "PASS"
+    karl[0].decoder_passes = 2.0
+    assert next(c for c in check_claims(res) if c["claim"].startswith("KARL: 1 encoder"))["status"] == "FAIL"
+
+
+def test_cli_bench_quick_writes_results_and_figures(checkpoints, tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["bench", "--ckpt", str(checkpoints / "karl"), "--data", "shapes", "--epsilons", "0.05,0.1",
+               "--methods", "karl,oracle,prefix,recurrent,fixed,png", "--baselines", str(checkpoints / "baselines"),
+               "--quick", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["num_images"] == 16 and {r["method"] for r in res["rows"]} >= {"karl", "oracle", "fixed-8", "png"}
+    for fig in ("rate_distortion", "tokens_vs_epsilon", "count_histograms", "karl_vs_oracle", "examples"):
+        assert (out / f"{fig}.png").stat().st_size > 1000
+    assert "claims" in capsys.readouterr().out

@@ -1,0 +1,80 @@
+"""Split-conformal calibration: promised coverage on synthetic data with a known answer, and its API/CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+from kolmotok.api import Tokenizer, load
+from kolmotok.calibration import calibrate_errors, conformal_threshold, load_calibrations
+from kolmotok.cli import main
+from kolmotok.evaluation.metrics import l1_per_image
+
+CONDITIONS = np.array([0.0, *np.geomspace(0.002, 0.3, 30)])
+
+
+def synthetic_errors(n, seed):
+    """Image i with difficulty d_i reaches l1 = d_i * (1 + 20 c) at condition c (looser -> worse)."""
+    d = np.random.default_rng(seed).lognormal(np.log(0.02), 0.6, n)
+    return d[None, :] * (1 + 20 * CONDITIONS[:, None])
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2])
+def test_conformal_coverage_on_synthetic_data(alpha):
+    cal = calibrate_errors(synthetic_errors(400, 0), CONDITIONS, alpha, "synthetic", epsilons=[0.05, 0.065, 0.08])
+    fresh = synthetic_errors(20000, 1)
+    for eps, cond, ok in zip(cal.epsilons, cal.conditions, cal.attainable):
+        assert ok and 0 < cond <= eps
+        col = int(np.searchsorted(CONDITIONS, cond))
+        coverage = (fresh[col] <= eps).mean()
+        # the promise, and not a vacuous one: close to 1 - alpha, not ~100%
+        assert 1 - alpha - 0.02 <= coverage <= 1 - alpha + 0.05, (eps, cond, coverage)
+
+
+def test_unattainable_target_uses_the_full_budget_and_says_so():
+    cal = calibrate_errors(synthetic_errors(400, 0), CONDITIONS, 0.1, "synthetic", epsilons=[0.005, 0.05])
+    assert cal.attainable == [False, True] and cal.conditions[0] == 0.0
+    cond, ok = cal.lookup(torch.tensor([0.005, 0.05, 0.06, 0.001]))
+    assert ok.tolist() == [False, True, True, False]
+    assert cond[0] == 0 and cond[2] == cond[1] and cond[3] == 0  # between grid points: the one below
+
+
+def test_too_few_calibration_images_is_an_error():
+    assert conformal_threshold(np.arange(9.0), 0.1) == 0.0  # j = floor(0.1 * 10) = 1 -> the smallest
+    with pytest.raises(ValueError, match="at least 9"):
+        conformal_threshold(np.arange(5.0), 0.1)
+
+
+@pytest.fixture
+def tok(model) -> Tokenizer:
+    return Tokenizer(model)
+
+
+def test_encode_with_guarantee_and_verify(tok):
+    g = torch.Generator().manual_seed(2)
+    calib, test = torch.rand(60, 3, 16, 16, generator=g), torch.rand(8, 3, 16, 16, generator=g)
+    with pytest.raises(ValueError, match="no calibration for guarantee 0.8"):
+        tok.encode(test, 0.3, guarantee=0.8)
+    cal = tok.calibrate(calib, alpha=0.2, data="random")
+    assert cal.num_images == 60 and cal.guarantee == pytest.approx(0.8)
+    enc = tok.encode(test, 0.3, guarantee=0.8)
+    assert enc.guarantee == 0.8 and enc.guaranteed.shape == (8,) and (enc.condition <= enc.epsilon).all()
+    with pytest.raises(ValueError, match="guarantee must be"):
+        tok.encode(test, 0.3, guarantee=1.5)
+    checked = tok.encode(test, 0.25, guarantee=0.8, verify=True)
+    err = l1_per_image(tok.decode(checked), test)
+    # after verification an image meets eps or holds every token of the budget
+    assert ((err <= 0.25) | (checked.lengths == 8)).all()
+    assert checked.num_reencoded == int((checked.reencoded > 0).sum())
+
+
+def test_cli_calibrate_stores_it_with_the_checkpoint(tmp_path, model, cfg, capsys):
+    from kolmotok.checkpoint import save_checkpoint
+    from kolmotok.config import to_dict
+
+    ck = save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
+    rc = main(["calibrate", "--ckpt", str(ck), "--data", "shapes", "--num-images", "40", "--alpha", "0.1,0.25",
+               "--device", "cpu"])
+    assert rc == 0 and "condition" in capsys.readouterr().out
+    assert sorted(load_calibrations(ck)) == [0.1, 0.25]
+    tok = load(ck, device="cpu")
+    assert tok.encode(torch.rand(2, 3, 16, 16), 0.1, guarantee=0.75).guarantee == 0.75
