@@ -109,3 +109,27 @@ def test_init_from_checkpoint(tmp_path):
     other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
     with pytest.raises(ValueError, match="differs"):
         train(other, tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("kind, extra, logged", [
+    ("fixed", ["objective.fixed_length=2"], {"eval_l1_T2"}),
+    ("prefix", [], {"eval_l1_T1", "eval_l1_T8"}),
+    ("recurrent", ["model.recurrent_step=4"], {"eval_l1_T8"}),  # 1 token is not a whole rollout
+])
+def test_baseline_objectives_train_and_monitor_their_own_method(tmp_path, kind, extra, logged):
+    base = train(small_config("train.steps=1", "train.data=shapes"), tmp_path / "base", progress=False)
+    cfg = small_config("train.steps=2", "train.data=shapes", f"objective.kind={kind}", f"train.init_from={base}",
+                       *extra)
+    train(cfg, tmp_path / kind, progress=False)
+    last = _rows(tmp_path / kind)[-1]
+    assert {k for k in last if k.startswith("eval_")} == logged
+    assert last["loss"] > 0 and last["kept"] >= 1
+
+
+def test_bad_objective_settings_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="fixed_length"):
+        train(small_config("objective.kind=fixed"), tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="recurrent_step"):
+        train(small_config("objective.kind=recurrent"), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="objective.kind"):
+        train(small_config("objective.kind=magic"), tmp_path / "c", progress=False)

@@ -21,16 +21,7 @@ from ..api import Tokenizer, load
 from ..checkpoint import read_meta, resolve_checkpoint
 from ..data import EvalSet
 from ..io import write_json, write_text
-from .methods import (
-    CodecMethod,
-    FixedMethod,
-    KARLMethod,
-    Method,
-    MethodOutput,
-    OracleMethod,
-    PrefixMethod,
-    RecurrentMethod,
-)
+from .methods import CodecMethod, KARLMethod, Method, MethodOutput, OracleMethod, method_for
 from .metrics import l1_per_image, psnr_per_image, spearman, ssim_per_image
 
 log = logging.getLogger(__name__)
@@ -49,10 +40,15 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
     ``codecs`` to png, jpeg and webp; ``karl@G`` is KARL with calibrated guarantee G."""
     root = Path(baselines) if baselines else None
 
-    def baseline(name: str) -> Tokenizer:
+    def baseline(name: str, run: Path | None = None) -> Method:
         if root is None:
             raise ValueError(f"method {name!r} needs --baselines DIR (trained by benchmarks/train_baselines.sh)")
-        return load(root / name, device=device)
+        run = run or root / name
+        objective = read_meta(resolve_checkpoint(run))["run"]["objective"]
+        if objective["kind"] != name.rstrip("0123456789"):
+            raise ValueError(f"{run} holds a {objective['kind']!r} model, not {name!r}")
+        label = f"fixed-{objective['fixed_length']}" if objective["kind"] == "fixed" else name
+        return method_for(objective["kind"], label, load(run, device=device), objective["fixed_length"])
 
     methods: list[Method] = []
     for name in names:
@@ -63,17 +59,13 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
             tok._calibration(float(name.partition("@")[2]))  # fail now, not mid-run
         elif name == "oracle":
             methods.append(OracleMethod("oracle", tok))
-        elif name == "prefix":
-            methods.append(PrefixMethod("prefix", baseline("prefix")))
-        elif name == "recurrent":
-            methods.append(RecurrentMethod("recurrent", baseline("recurrent")))
-        elif name == "fixed" or name.startswith("fixed"):
+        elif name in ("prefix", "recurrent"):
+            methods.append(baseline(name))
+        elif name.startswith("fixed"):
             runs = _baseline_runs(root, name) if root else []
             if not runs:
                 raise ValueError(f"method {name!r}: no {name}* runs under {root}")
-            for run in runs:
-                n = read_meta(resolve_checkpoint(run))["run"]["objective"]["fixed_length"]
-                methods.append(FixedMethod(f"fixed-{n}", load(run, device=device), n))
+            methods.extend(baseline("fixed", run) for run in runs)
         elif name == "codecs":
             methods.extend(CodecMethod(c) for c in CODECS)
         elif name in CODECS:

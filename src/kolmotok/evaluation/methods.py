@@ -216,6 +216,13 @@ class FixedMethod(TokenMethod):
         return self.single_pass(images, 0.0, budget=n) if n == self.length else None
 
 
+def method_for(kind: str, name: str, tok: Tokenizer, fixed_length: int = 0) -> Method:
+    """The inference method of a model trained with objective ``kind`` (config.OBJECTIVES)."""
+    if kind == "fixed":
+        return FixedMethod(name, tok, fixed_length)
+    return {"karl": KARLMethod, "prefix": PrefixMethod, "recurrent": RecurrentMethod}[kind](name, tok)
+
+
 # ------------------------------------------------------------------ classical codecs
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)

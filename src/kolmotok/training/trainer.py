@@ -30,7 +30,8 @@ from ..checkpoint import (
 )
 from ..config import RunConfig, from_dict, to_dict, validate
 from ..data import eval_set, make_source
-from ..evaluation.evaluate import run_batched
+from ..evaluation.methods import method_for
+from ..evaluation.metrics import l1_per_image
 from ..io import write_json
 from ..models import KARLTokenizer
 from .objective import LossOutput, build_objective
@@ -86,11 +87,17 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
 
 
 @torch.no_grad()
-def fixed_length_l1(model: KARLTokenizer, images: torch.Tensor, budgets: list[int]) -> dict[int, float]:
-    """Mean l1 of fixed-length (eps = 0) reconstructions at each budget (the eval table's measurement)."""
+def held_out_l1(model: KARLTokenizer, cfg: RunConfig, images: torch.Tensor, lengths: list[int]) -> dict[int, float]:
+    """Mean l1 at each token count, decoded the way this run's method decodes (the bench's
+    ``at_length``: fixed-length mode for KARL, a prefix for nested dropout, rollouts for the
+    recurrent model; a fixed-N model only at N)."""
     was_training = model.training
-    tok = Tokenizer(model)  # puts the model in eval mode
-    out = {T: float(run_batched(tok, images, 0.0, T, quality=False).l1.mean()) for T in budgets}
+    method = method_for(cfg.objective.kind, "monitor", Tokenizer(model), cfg.objective.fixed_length)
+    out = {}
+    for n in lengths:
+        rec = method.at_length(images, n)
+        if rec is not None:
+            out[n] = float(l1_per_image(rec.recon, images).mean())
     model.train(was_training)
     return out
 
@@ -202,8 +209,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         row = {"step": done, **out.metrics, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
                "time": round(time.time() - t0, 2)}
         if monitor is not None and (done % tc.eval_every == 0 or done == tc.steps):
-            budgets = sorted({max(1, cfg.model.max_tokens // 8), cfg.model.max_tokens})
-            for T, err in fixed_length_l1(model, monitor.images, budgets).items():
+            T_max = cfg.model.max_tokens
+            lengths = sorted({max(1, T_max // 8), T_max, cfg.objective.fixed_length} - {0})
+            for T, err in held_out_l1(model, cfg, monitor.images, lengths).items():
                 row[f"eval_l1_T{T}"] = err
         metrics.write(row)
         bar.set_postfix(loss=f"{out.metrics['loss']:.4f}", l1=f"{out.metrics['l1']:.4f}",
