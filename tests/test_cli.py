@@ -28,7 +28,7 @@ def test_train_writes_checkpoint_and_metrics(run_dir):
     assert (run_dir / "config.json").is_file()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert {"loss", "l1_p1", "kept"} <= set(rows[0])
+    assert {"loss", "l1", "kept", "images_per_s"} <= set(rows[0])
     assert (run_dir / "checkpoints" / "step_0000003" / "model.safetensors").is_file()
 
 

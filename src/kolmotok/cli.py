@@ -26,10 +26,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     cfg = apply_overrides(get_preset(args.preset), args.set or [])
-    for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers", "init_from"):
+    for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers", "init_from", "precision",
+                "grad_accum"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg.train, key, value)
+    if args.compile:
+        cfg.train.compile = True
     ckpt = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"checkpoint: {ckpt}")
     return 0
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--data-workers", type=int, help="DataLoader worker processes")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (GPU); default fp32")
+    t.add_argument("--compile", action="store_true", help="torch.compile the transformers")
+    t.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config)")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",

@@ -113,6 +113,9 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch default
     data_workers: int = 0  # DataLoader worker processes making batches ahead (>= 2 on a GPU)
+    precision: str = "fp32"  # "bf16" / "fp16": autocast mixed precision (the quantizer stays fp32)
+    compile: bool = False  # torch.compile the encoder and decoder transformers
+    grad_accum: int = 1  # micro-batches per step (batch_size is the global batch per optimizer step)
 
 
 @dataclass

@@ -199,7 +199,8 @@ class KARLTokenizer(nn.Module):
         pre = self.to_token(latents.latents)
         if latents.direct is not None:
             pre = pre + latents.direct
-        return self.quantizer(pre)
+        with torch.autocast(pre.device.type, enabled=False):  # quantize in fp32 under mixed precision
+            return self.quantizer(pre.float())
 
     def decode(self, vectors: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """vectors (B, T, code_dim), lengths (B,) -> images (B, 3, H, W), unclamped.

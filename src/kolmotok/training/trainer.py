@@ -8,6 +8,7 @@ would have seen without the interruption.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,17 +35,12 @@ from ..evaluation.methods import method_for
 from ..evaluation.metrics import l1_per_image
 from ..io import write_json
 from ..models import KARLTokenizer
+from .distributed import ObjectiveModule, init_distributed, wrap
 from .objective import LossOutput, build_objective
 
 log = logging.getLogger(__name__)
 
 Objective = Callable[[KARLTokenizer, torch.Tensor, torch.Generator], LossOutput]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -56,17 +52,23 @@ class StepBatches(torch.utils.data.IterableDataset):
     """Batches for steps ``start..end-1``, each drawn from its own step generator.
 
     With W DataLoader workers, worker w makes the steps ``start + w, start + w + W, ...``
-    and the loader returns them round-robin, so batches arrive in step order.
+    and the loader returns them round-robin, so batches arrive in step order. Under DDP
+    every rank draws the same global batch and keeps its own contiguous slice, so N
+    processes see exactly the images one process would (at the cost of drawing it N times).
     """
 
-    def __init__(self, source, batch_size: int, seed: int, start: int, end: int) -> None:
+    def __init__(self, source, batch_size: int, seed: int, start: int, end: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.source, self.batch_size, self.seed, self.start, self.end = source, batch_size, seed, start, end
+        self.rank, self.world = rank, world
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, num = (info.id, info.num_workers) if info else (0, 1)
+        local = self.batch_size // self.world
         for step in range(self.start + wid, self.end, num):
-            yield self.source.sample(self.batch_size, step_generator(self.seed, step, 0))
+            batch = self.source.sample(self.batch_size, step_generator(self.seed, step, 0))
+            yield batch[self.rank * local:(self.rank + 1) * local]
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -134,24 +136,43 @@ class MetricsLog:
         self.file.close()
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: Objective | None = None,
-          progress: bool = True) -> Path:
-    """Train ``cfg`` into ``out_dir``; returns the final checkpoint directory."""
-    out_dir = Path(out_dir)
-    validate(cfg)
-    tc = cfg.train
+def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig, list[Path]]:
+    """On --resume, the run's own saved config wins (steps and device may change)."""
     existing = list_checkpoints(out_dir)
     if existing and not resume:
         raise ValueError(f"{out_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
-    if resume and existing:
-        saved = from_dict(RunConfig, read_meta(existing[-1])["run"], where=str(existing[-1]))
-        if to_dict(saved.model) != to_dict(cfg.model):
-            raise ValueError(f"--resume: the model config differs from the one in {existing[-1]}")
-        saved.train.steps, saved.train.device = tc.steps, tc.device  # may extend a run or move it
-        cfg, tc = saved, saved.train
+    if not (resume and existing):
+        return cfg, []
+    saved = from_dict(RunConfig, read_meta(existing[-1])["run"], where=str(existing[-1]))
+    if to_dict(saved.model) != to_dict(cfg.model):
+        raise ValueError(f"--resume: the model config differs from the one in {existing[-1]}")
+    saved.train.steps, saved.train.device = cfg.train.steps, cfg.train.device  # may extend a run or move it
+    return saved, existing
+
+
+def _check_scale_settings(tc, world: int) -> None:
+    if tc.batch_size % (world * tc.grad_accum):
+        raise ValueError(f"batch_size {tc.batch_size} must be divisible by processes ({world}) x "
+                         f"grad_accum ({tc.grad_accum})")
+    if tc.precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {sorted(PRECISIONS)}, got {tc.precision!r}")
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: Objective | None = None,
+          progress: bool = True, on_step_end: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
+    """Train ``cfg`` into ``out_dir``; returns the final checkpoint directory.
+
+    Under torchrun every process calls this; rank 0 alone logs and writes checkpoints.
+    on_step_end(step, model), if given, runs on every rank after each optimizer step.
+    """
+    out_dir = Path(out_dir)
+    validate(cfg)
+    cfg, existing = _resolve_run(cfg, out_dir, resume)
+    tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
+    ddp, device = init_distributed(tc.device)
+    _check_scale_settings(tc, ddp.world)
     torch.manual_seed(tc.seed)
     model = KARLTokenizer(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg, device)
@@ -160,12 +181,12 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     objective = objective or build_objective(cfg)
     start = 0
     source = make_source(tc.data, cfg.model.image_size)
-    if tc.init_from and not (resume and existing):
+    if tc.init_from and not existing:
         init_weights(model, tc.init_from)
-    elif not (resume and existing):
+    elif not existing:
         pca_images = source.sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
         model.init_linear_path(pca_images.to(device))
-    if resume and existing:
+    if existing:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(existing[-1] / "model.safetensors"), device=str(device)))
@@ -174,52 +195,89 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
         log.info("resumed %s at step %d", existing[-1], start)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_partial_checkpoints(out_dir)
-    write_json(out_dir / "config.json", to_dict(cfg))
-    monitor = eval_set(tc.eval_data, cfg.model.image_size, tc.eval_images) if tc.eval_every else None
-    metrics = MetricsLog(out_dir / "metrics.jsonl", start)
+    if tc.compile:
+        for block in (model.encoder, model.decoder):
+            block.compile()  # in place: state_dict keys stay the same
+    step_module = wrap(ObjectiveModule(model, objective), ddp, device)
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[tc.precision], enabled=tc.precision != "fp32")
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    monitor, metrics = None, None
+    if ddp.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(out_dir)
+        write_json(out_dir / "config.json", to_dict(cfg))
+        monitor = eval_set(tc.eval_data, cfg.model.image_size, tc.eval_images) if tc.eval_every else None
+        metrics = MetricsLog(out_dir / "metrics.jsonl", start)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("training %.2fM parameters on %s, data %s", n_params / 1e6, device, source.name)
+    log.info("training %.2fM parameters on %s x %d, data %s", n_params / 1e6, device, ddp.world, source.name)
 
     def checkpoint(step: int) -> Path:
-        meta = {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": step}
-        train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        path = save_checkpoint(out_dir / "checkpoints" / f"step_{step:07d}", model, meta, train_state)
-        prune_checkpoints(out_dir, tc.keep_checkpoints)
+        path = out_dir / "checkpoints" / f"step_{step:07d}"
+        if ddp.main:
+            meta = {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": step}
+            train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(path, model, meta, train_state)
+            prune_checkpoints(out_dir, tc.keep_checkpoints)
+        ddp.barrier()
         return path
 
     model.train()
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress, desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (progress and ddp.main),
+               desc="train", dynamic_ncols=True)
     t0, last = time.time(), None
     loader = torch.utils.data.DataLoader(
-        StepBatches(source, tc.batch_size, tc.seed, start, tc.steps), batch_size=None,
+        StepBatches(source, tc.batch_size, tc.seed, start, tc.steps, ddp.rank, ddp.world), batch_size=None,
         num_workers=tc.data_workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if tc.data_workers else None, persistent_workers=False)
     for step, batch in zip(bar, loader):
-        images = batch.to(device, non_blocking=True)
-        out = objective(model, images, step_generator(tc.seed, step, 1))
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        t_step = time.time()
+        out = train_step(step_module, batch.to(device, non_blocking=True), step_generator(tc.seed, step, 1),
+                         tc.grad_accum, autocast, scaler)
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         done = step + 1
-        row = {"step": done, **out.metrics, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-               "time": round(time.time() - t0, 2)}
-        if monitor is not None and (done % tc.eval_every == 0 or done == tc.steps):
-            T_max = cfg.model.max_tokens
-            lengths = sorted({max(1, T_max // 8), T_max, cfg.objective.fixed_length} - {0})
-            for T, err in held_out_l1(model, cfg, monitor.images, lengths).items():
-                row[f"eval_l1_T{T}"] = err
-        metrics.write(row)
-        bar.set_postfix(loss=f"{out.metrics['loss']:.4f}", l1=f"{out.metrics['l1']:.4f}",
-                        kept=f"{out.metrics['kept']:.1f}", refresh=False)
+        out = ddp.mean(out)
+        speed = tc.batch_size / max(1e-9, time.time() - t_step)
+        if ddp.main:
+            row = {"step": done, **out, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                   "images_per_s": round(speed, 1), "time": round(time.time() - t0, 2)}
+            if monitor is not None and (done % tc.eval_every == 0 or done == tc.steps):
+                T_max = cfg.model.max_tokens
+                lengths = sorted({max(1, T_max // 8), T_max, cfg.objective.fixed_length} - {0})
+                for T, err in held_out_l1(model, cfg, monitor.images, lengths).items():
+                    row[f"eval_l1_T{T}"] = err
+            metrics.write(row)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", l1=f"{out['l1']:.4f}", kept=f"{out['kept']:.1f}",
+                            img_s=f"{speed:.0f}", refresh=False)
+        if on_step_end is not None:
+            on_step_end(done, model)
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             last = checkpoint(done)
-    metrics.close()
+    if metrics is not None:
+        metrics.close()
     if last is None:  # nothing left to train: the latest checkpoint is the result
-        last = list_checkpoints(out_dir)[-1] if list_checkpoints(out_dir) else checkpoint(start)
+        last = existing[-1] if existing else checkpoint(start)
     log.info("done: %s", last)
     return last
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_step(step_module: torch.nn.Module, images: torch.Tensor, generator: torch.Generator, accum: int,
+               autocast, scaler) -> dict[str, float]:
+    """Forward + backward over ``accum`` micro-batches (gradients synced on the last one only)."""
+    sums: dict[str, float] = {}
+    chunks = images.chunk(accum)
+    for i, chunk in enumerate(chunks):
+        sync = i == len(chunks) - 1 or not hasattr(step_module, "no_sync")
+        with (contextlib.nullcontext() if sync else step_module.no_sync()), autocast:
+            loss, metrics = step_module(chunk, generator)
+        scaler.scale(loss / len(chunks)).backward()
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v / len(chunks)
+    return sums
