@@ -4,10 +4,12 @@
 >>> tok = kolmotok.load()
 >>> enc = tok.encode(images, epsilon=0.05)   # one encoder pass
 >>> recon = tok.decode(enc)                  # one decoder pass
+>>> table = kolmotok.read_tokens("tokens/")  # the output of `kolmotok tokenize`
 """
 
 from .api import Encoding, Tokenizer, load
 from .data.images import ImageLoadError
+from .tokenize import read_tokens
 
 __version__ = "0.1.0"
-__all__ = ["load", "Tokenizer", "Encoding", "ImageLoadError", "__version__"]
+__all__ = ["load", "Tokenizer", "Encoding", "ImageLoadError", "read_tokens", "__version__"]

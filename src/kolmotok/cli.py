@@ -152,6 +152,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .api import load
+    from .tokenize import tokenize_folder
+    from .training.distributed import init_distributed
+
+    if not args.data.startswith("folder:"):
+        raise ValueError(f"--data {args.data!r}: tokenize reads folder:PATH")
+    ddp, device = init_distributed(args.device or "auto")
+    tok = load(args.ckpt, device=device)
+    summary = tokenize_folder(tok, args.data.partition(":")[2], args.out, args.epsilon,
+                              checkpoint=args.ckpt or "shipped:tiny", shard_size=args.shard_size,
+                              batch_size=args.batch_size, with_error=args.with_error, guarantee=args.guarantee,
+                              rank=ddp.rank, world=ddp.world, barrier=ddp.barrier, progress=not args.no_progress)
+    rate = summary.images / max(summary.seconds, 1e-9)
+    print(f"rank {ddp.rank}: {summary.images} images in {summary.shards_written} new shards "
+          f"({summary.shards_skipped} already complete), {summary.failures} unreadable, "
+          f"{summary.seconds:.1f} s, {rate:.0f} images/s; output {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kolmotok", description="Single-pass adaptive image tokenization (KARL).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -225,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting (for tests)")
     b.add_argument("--out", help="directory for results.json, results.txt and figures")
     b.set_defaults(func=cmd_bench)
+
+    k = sub.add_parser("tokenize", help="tokenize a folder of images into Parquet shards (resumable, torchrun-ready)")
+    add_ckpt(k)
+    k.add_argument("--data", required=True, help="folder:PATH")
+    k.add_argument("--epsilon", type=float, default=0.05)
+    k.add_argument("--guarantee", type=float, help="calibrated share of images meeting eps (needs a calibration)")
+    k.add_argument("--out", required=True, help="output directory for shard-NNNNN.parquet files")
+    k.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    k.add_argument("--batch-size", type=int, default=256)
+    k.add_argument("--with-error", action="store_true", help="add the achieved l1 (one extra decoder pass)")
+    k.add_argument("--no-progress", action="store_true")
+    k.set_defaults(func=cmd_tokenize)
 
     d = sub.add_parser("demo", help="run the shipped tokenizer on built-in images; write a PNG sheet")
     add_ckpt(d)

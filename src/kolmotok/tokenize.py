@@ -1,0 +1,181 @@
+"""``kolmotok tokenize``: a folder of images -> Parquet shards of variable-length tokens.
+
+Stages: :func:`plan` (list the images once, cut them into numbered shards, record the plan in
+``manifest.json``), :func:`encode_shard` (load, one encoder pass per batch, one row per image)
+and :func:`write_shard` (atomic write of ``shard-NNNNN.parquet``). A shard file that exists is
+complete, so a re-run skips it: an interrupted run resumes where it stopped and every image
+appears exactly once. Under torchrun, rank r writes the shards i with i % world == r.
+
+Each row: ``path`` (relative to the folder), ``length`` (tokens kept), ``codes`` (a list of
+``length`` integer codes for discrete models; for continuous models a list of ``length``
+vectors of ``token_dim`` floats) and, with ``with_error``, ``l1`` (the achieved error, one extra
+decoder pass). The file metadata records eps, the checkpoint and the token format.
+Unreadable images are listed in ``errors-NNNNN.jsonl`` beside their shard and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .api import Tokenizer
+from .data.images import list_images, load_images
+from .io import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def _pa():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        raise ValueError("kolmotok tokenize needs pyarrow: pip install pyarrow") from None
+    return pa, pq
+
+
+def shard_path(out: Path, index: int) -> Path:
+    return out / f"shard-{index:05d}.parquet"
+
+
+def errors_path(out: Path, index: int) -> Path:
+    return out / f"errors-{index:05d}.jsonl"
+
+
+@dataclass
+class Plan:
+    root: Path
+    shards: list[list[str]]  # relative paths per shard
+    settings: dict  # eps, checkpoint, ...: a resumed run must match them
+
+
+def plan(root: Path, out: Path, shard_size: int, settings: dict, is_main: bool = True, barrier=lambda: None) -> Plan:
+    """The shard plan: made once (by rank 0) and reused by every later run on ``out``."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    manifest = out / MANIFEST
+    if is_main and not manifest.is_file():
+        files = [p.relative_to(root).as_posix() for p in list_images(root)]
+        if not files:
+            raise ValueError(f"folder:{root}: no image files found")
+        shards = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
+        write_json(manifest, {"root": str(root), "settings": settings, "shards": shards})
+    barrier()
+    data = json.loads(manifest.read_text())
+    if data["settings"] != settings:
+        raise ValueError(f"{out} holds a tokenization with other settings ({data['settings']}); "
+                         f"use another --out or the same settings ({settings})")
+    return Plan(root, data["shards"], data["settings"])
+
+
+def encode_shard(tok: Tokenizer, root: Path, files: list[str], epsilon: float, batch_size: int,
+                 with_error: bool, guarantee: float | None, bar=None):
+    """-> (rows as column lists, failures [(path, reason)])."""
+    from .evaluation.metrics import l1_per_image
+
+    cols: dict[str, list] = {"path": [], "length": [], "codes": []}
+    if with_error:
+        cols["l1"] = []
+    failures = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        loaded = load_images([root / f for f in chunk], tok.image_size, skip_errors=True)
+        failures += [(p.relative_to(root).as_posix(), reason) for p, reason in loaded.failures]
+        if len(loaded.paths):
+            enc = tok.encode(loaded.images, epsilon=epsilon, guarantee=guarantee)
+            cols["path"] += [p.relative_to(root).as_posix() for p in loaded.paths]
+            cols["length"] += enc.lengths.tolist()
+            cols["codes"] += [t.cpu().tolist() for t in enc.to_list()]
+            if with_error:
+                cols["l1"] += l1_per_image(tok.decode(enc), loaded.images).tolist()
+        if bar is not None:
+            bar.update(len(chunk))
+    return cols, failures
+
+
+def write_shard(out: Path, index: int, cols: dict[str, list], failures: list, metadata: dict, tok: Tokenizer) -> Path:
+    """Errors file first, then the shard (atomic rename): the shard's existence marks the shard done."""
+    pa, pq = _pa()
+    if failures:
+        write_text(errors_path(out, index), "".join(json.dumps({"path": p, "error": e}) + "\n" for p, e in failures))
+    token = pa.int32() if tok.discrete else pa.list_(pa.float32(), tok.model.cfg.code_dim)
+    schema = pa.schema([("path", pa.string()), ("length", pa.int32()), ("codes", pa.list_(token))]
+                       + ([("l1", pa.float32())] if "l1" in cols else []),
+                       metadata={k: json.dumps(v) for k, v in metadata.items()})
+    table = pa.Table.from_pydict(cols, schema=schema)
+    with atomic_path(shard_path(out, index)) as tmp:
+        pq.write_table(table, tmp)
+    return shard_path(out, index)
+
+
+@dataclass
+class TokenizeSummary:
+    images: int  # tokenized by this process in this run
+    failures: int
+    shards_written: int
+    shards_skipped: int  # already complete
+    seconds: float
+
+
+def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: float, checkpoint: str = "shipped",
+                    shard_size: int = 1000, batch_size: int = 256, with_error: bool = False,
+                    guarantee: float | None = None, rank: int = 0, world: int = 1, barrier=lambda: None,
+                    progress: bool = True) -> TokenizeSummary:
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"epsilon": epsilon, "checkpoint": checkpoint, "guarantee": guarantee, "with_error": with_error}
+    shards = plan(root, out, shard_size, settings, rank == 0, barrier)
+    from . import __version__
+
+    metadata = {**settings, "kolmotok_version": __version__, "image_size": tok.image_size,
+                "max_tokens": tok.max_tokens, "token_format": "codes" if tok.discrete else "vectors",
+                "token_dim": tok.model.cfg.code_dim}
+    mine = [i for i in range(len(shards.shards)) if i % world == rank]
+    todo = [i for i in mine if not shard_path(out, i).exists()]
+    total = sum(len(shards.shards[i]) for i in todo)
+    t0, n_images, n_fail = time.time(), 0, 0
+    with tqdm(total=total, unit="img", desc=f"tokenize[{rank}]", disable=not progress, dynamic_ncols=True) as bar:
+        for i in todo:
+            cols, failures = encode_shard(tok, root, shards.shards[i], epsilon, batch_size, with_error, guarantee, bar)
+            write_shard(out, i, cols, failures, metadata, tok)
+            n_images, n_fail = n_images + len(cols["path"]), n_fail + len(failures)
+            bar.set_postfix(img_s=f"{n_images / max(1e-9, time.time() - t0):.0f}", refresh=False)
+    barrier()
+    return TokenizeSummary(n_images, n_fail, len(todo), len(mine) - len(todo), time.time() - t0)
+
+
+# ------------------------------------------------------------------ reading back
+def read_tokens(directory: str | Path):
+    """All shards of a ``kolmotok tokenize`` output as one pyarrow Table (columns path, length,
+    codes[, l1]); ``.to_pandas()`` for pandas. The shards also open directly in polars, DuckDB
+    or HF datasets (``directory/shard-*.parquet``)."""
+    pa, pq = _pa()
+    files = sorted(Path(directory).glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no shard-*.parquet files")
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
+
+
+def table_to_tokens(table, tok: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a token table -> (padded tokens, lengths) for ``tok.decode(tokens, lengths)``."""
+    lengths = torch.tensor(table.column("length").to_pylist(), dtype=torch.long)
+    codes = table.column("codes").to_pylist()
+    T = int(lengths.max()) if len(lengths) else 1
+    if tok.discrete:
+        tokens = torch.full((len(codes), T), -1, dtype=torch.long)
+        for i, c in enumerate(codes):
+            tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+    else:
+        tokens = torch.zeros(len(codes), T, tok.model.cfg.code_dim)
+        for i, c in enumerate(codes):
+            tokens[i, :len(c)] = torch.tensor(c, dtype=torch.float32)
+    return tokens, lengths

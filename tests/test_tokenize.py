@@ -1,0 +1,95 @@
+"""`kolmotok tokenize`: Parquet shards, reading back, decoding, interruption and resume, 2 ranks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import kolmotok
+from kolmotok import tokenize as tokenize_mod
+from kolmotok.api import Tokenizer
+from kolmotok.checkpoint import save_checkpoint
+from kolmotok.cli import main
+from kolmotok.config import to_dict
+from kolmotok.tokenize import table_to_tokens, tokenize_folder
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(sub / f"img{i:02d}.png")
+    (root / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.fixture
+def tok(model) -> Tokenizer:
+    return Tokenizer(model)
+
+
+def test_shards_read_back_and_decode_to_the_same_images(tok, folder, tmp_path):
+    out = tmp_path / "tokens"
+    s = tokenize_folder(tok, folder, out, 0.1, shard_size=4, batch_size=3, with_error=True, progress=False)
+    assert (s.images, s.failures, s.shards_written) == (11, 1, 3)
+    table = kolmotok.read_tokens(out)
+    paths = table.column("path").to_pylist()
+    assert sorted(paths) == sorted(f"{'a' if i % 2 else 'b'}/img{i:02d}.png" for i in range(11))
+    assert json.loads(table.schema.metadata[b"epsilon"]) == 0.1
+    errors = [json.loads(x) for f in out.glob("errors-*.jsonl") for x in f.read_text().splitlines()]
+    assert [e["path"] for e in errors] == ["b/broken.jpg"]
+    images = tok.load_images([folder / p for p in paths])
+    enc = tok.encode(images, epsilon=0.1)
+    tokens, lengths = table_to_tokens(table, tok)
+    assert lengths.tolist() == enc.lengths.tolist() == table.column("length").to_pylist()
+    torch.testing.assert_close(tok.decode(tokens, lengths), tok.decode(enc), rtol=0, atol=1e-6)
+    assert table.to_pandas()["l1"].between(0, 1).all()
+
+
+def test_interrupted_run_resumes_without_loss_or_duplicates(tok, folder, tmp_path, monkeypatch):
+    out = tmp_path / "tokens"
+    real, calls = tokenize_mod.write_shard, []
+
+    def crash_on_third(out_dir, index, *args):
+        calls.append(index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(out_dir, index, *args)
+
+    monkeypatch.setattr(tokenize_mod, "write_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_folder(tok, folder, out, 0.1, shard_size=3, progress=False)
+    assert len(list(out.glob("shard-*.parquet"))) == 2 and not list(out.glob(".*tmp"))
+    monkeypatch.setattr(tokenize_mod, "write_shard", real)
+    s = tokenize_folder(tok, folder, out, 0.1, shard_size=3, progress=False)
+    assert (s.shards_skipped, s.shards_written) == (2, 2)
+    paths = kolmotok.read_tokens(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 11
+    with pytest.raises(ValueError, match="other settings"):
+        tokenize_folder(tok, folder, out, 0.2, shard_size=3, progress=False)
+
+
+def test_two_ranks_under_torchrun_write_disjoint_shards(tmp_path, folder, model, cfg):
+    ck = save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
+    out = tmp_path / "tokens"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kolmotok",
+           "tokenize", "--ckpt", str(ck), "--data", f"folder:{folder}", "--out", str(out), "--shard-size", "2",
+           "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0:" in proc.stdout and "rank 1:" in proc.stdout
+    paths = kolmotok.read_tokens(out).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 11 and len(list(out.glob("shard-*.parquet"))) == 6
+
+
+def test_cli_tokenize_rejects_other_data(capsys):
+    assert main(["tokenize", "--data", "photos", "--out", "x"]) == 2
+    assert "folder:PATH" in capsys.readouterr().err
