@@ -69,3 +69,55 @@ def test_corrupt_file_is_named_and_skipped(tmp_path):
         load_image(tmp_path / "imgs" / "corrupt.png", 16)
     with pytest.raises(ImageLoadError, match="no such file"):
         load_image(tmp_path / "missing.png", 16)
+
+
+def test_folder_source_reads_lazily_and_skips_corrupt_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from kolmotok.data import make_source
+
+    root = tmp_path / "tree"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((40, 60, 3), 40 * i, np.uint8)).save(root / cls / f"{i}.jpg")
+    (root / "dog" / "bad.png").write_bytes(b"\x89PNG broken")
+    src = make_source(f"folder:{root}", 16)
+    assert len(src.paths) == 7  # listed, not loaded
+    batch = src.sample(20, torch.Generator().manual_seed(0))
+    assert batch.shape == (20, 3, 16, 16) and 0 <= batch.min() and batch.max() <= 1
+    assert [p.name for p in src.bad] == ["bad.png"]
+    again = make_source(f"folder:{root}", 16).sample(20, torch.Generator().manual_seed(0))
+    assert torch.equal(batch, again)
+
+
+def test_random_resized_crop_for_large_presets():
+    import numpy as np
+
+    from kolmotok.data.augment import training_view
+
+    arr = np.random.default_rng(0).random((300, 400, 3), dtype=np.float32)
+    views = [training_view(arr, 128, torch.Generator().manual_seed(s)) for s in range(3)]
+    assert all(v.shape == (3, 128, 128) for v in views) and not torch.equal(views[0], views[1])
+
+
+def test_webdataset_shards_stream_and_skip_corrupt_samples(tmp_path):
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    from kolmotok.data import make_source
+
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"train-{shard}.tar")) as sink:
+            for i in range(5):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((24, 24, 3), 25 * i, np.uint8)).save(buf, format="PNG")
+                sink.write({"__key__": f"s{shard}_{i}", "png": buf.getvalue(), "cls": b"0"})
+            sink.write({"__key__": f"s{shard}_bad", "jpg": b"not an image"})
+    src = make_source(f"wds:{tmp_path}/train-{{0..1}}.tar", 16)
+    batch = src.sample(25, torch.Generator().manual_seed(0))
+    assert batch.shape == (25, 3, 16, 16) and 0 <= batch.min() and batch.max() <= 1

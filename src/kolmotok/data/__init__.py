@@ -2,7 +2,9 @@
 
 * ``photos`` / ``photos:train`` / ``photos:calib`` / ``photos:test``: crops of scikit-image's photographs
 * ``shapes``: procedural images of known complexity (:mod:`kolmotok.data.shapes`)
-* ``folder:PATH``: every image file under PATH (see :mod:`kolmotok.data.images` for the resize rule)
+* ``folder:PATH``: every image file under PATH, read lazily (see :mod:`kolmotok.data.images` for the
+  resize rule and :mod:`kolmotok.data.augment` for training views)
+* ``wds:PATTERN``: WebDataset tar shards, streamed (``/data/train-{000000..000146}.tar``)
 * ``A@w+B@v``: a mixture, each image drawn from A or B with odds w:v (default weight 1)
 
 Training draws batches with :meth:`sample`, fully determined by a ``torch.Generator``;
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from . import shapes as shapes_mod
-from .images import ImageLoadError, list_images, load_image, load_images
+from .augment import training_view
+from .images import ImageLoadError, list_images, load_image, load_images, read_rgb
 from .photos import PhotoCrops
 from .shapes import Shapes
 
@@ -34,20 +38,34 @@ class Source(Protocol):
 
 
 class FolderImages:
-    """All images under a directory, loaded once; unreadable files are reported and skipped."""
+    """Every image under a directory (ImageFolder-style trees of any size): the file list is made
+    once, files are read when drawn (so DataLoader workers share the work). An unreadable file is
+    reported once and replaced by another random draw."""
+
+    MAX_REDRAWS = 50
 
     def __init__(self, root: str, image_size: int) -> None:
-        self.name = f"folder:{root}"
-        loaded = load_images(list_images(root), image_size)
-        if len(loaded.paths) == 0:
-            raise ValueError(f"folder:{root}: no readable images found")
-        self.images, self.paths, self.failures = loaded.images, loaded.paths, loaded.failures
+        self.name, self.image_size = f"folder:{root}", image_size
+        self.paths = list_images(root)
+        if not self.paths:
+            raise ValueError(f"folder:{root}: no image files found")
+        self.bad: set[Path] = set()
+
+    def _one(self, generator: torch.Generator) -> torch.Tensor:
+        for _ in range(self.MAX_REDRAWS):
+            path = self.paths[int(torch.randint(len(self.paths), (1,), generator=generator))]
+            if path in self.bad:
+                continue
+            try:
+                return training_view(read_rgb(path), self.image_size, generator)
+            except ImageLoadError as exc:
+                log.warning("skipping %s", exc)
+                self.bad.add(path)
+        raise ValueError(f"{self.name}: {self.MAX_REDRAWS} draws in a row were unreadable files")
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(self.images), (n,), generator=generator)
-        flip = torch.rand(n, generator=generator) < 0.5
-        batch = self.images[idx]
-        return torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        return torch.stack([self._one(generator) for _ in range(n)]) if n else torch.zeros(0, 3, self.image_size,
+                                                                                                 self.image_size)
 
 
 class Mixture:
@@ -76,7 +94,13 @@ def _single(spec: str, image_size: int) -> Source:
         if not arg:
             raise ValueError("folder: needs a path, e.g. folder:/data/images")
         return FolderImages(arg, image_size)
-    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes, folder:PATH or A@w+B@v")
+    if kind == "wds":
+        if not arg:
+            raise ValueError("wds: needs a shard pattern, e.g. wds:/data/train-{000000..000146}.tar")
+        from .webdataset_source import WebDatasetImages
+
+        return WebDatasetImages(arg, image_size)
+    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes, folder:PATH, wds:PATTERN or A@w+B@v")
 
 
 def make_source(spec: str, image_size: int) -> Source:
@@ -114,7 +138,9 @@ def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234
         images, labels = shapes_mod.draw(num_images, image_size, g)
         return EvalSet(spec, images, labels)
     if spec.startswith("folder:"):
-        src = FolderImages(spec.partition(":")[2], image_size)
-        return EvalSet(spec, src.images, names=[str(p) for p in src.paths])
+        loaded = load_images(list_images(spec.partition(":")[2]), image_size)
+        if not loaded.paths:
+            raise ValueError(f"{spec}: no readable images found")
+        return EvalSet(spec, loaded.images, names=[str(p) for p in loaded.paths])
     source = make_source(spec, image_size)
     return EvalSet(spec, source.sample(num_images, g))

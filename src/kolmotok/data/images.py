@@ -68,6 +68,11 @@ def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """One file -> (3, size, size) float tensor by the resize rule; ImageLoadError if unreadable."""
+    return torch.from_numpy(np.ascontiguousarray(resize_center_crop(read_rgb(path), size))).permute(2, 0, 1)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """One file -> (H, W, 3) float32 array in [0, 1] at its own size; ImageLoadError if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
@@ -79,7 +84,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
         raise ImageLoadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
         raise ImageLoadError(f"{path}: empty image of shape {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(resize_center_crop(arr, size))).permute(2, 0, 1)
+    return arr
 
 
 def load_images(paths: list[str | Path], size: int, skip_errors: bool = True) -> LoadedImages:
