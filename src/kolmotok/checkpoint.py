@@ -36,7 +36,8 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = model.own_state_dict() if hasattr(model, "own_state_dict") else model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(state, str(tmp / WEIGHTS))
     write_json(tmp / CONFIG, meta)
     if train_state is not None:
@@ -94,5 +95,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[KA
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     model = KARLTokenizer(from_dict(ModelConfig, meta["model"], where=f"{ckpt / CONFIG}:model"))
-    model.load_state_dict(load_file(str(ckpt / WEIGHTS)))
+    model.load_own_state_dict(load_file(str(ckpt / WEIGHTS)))
     return model.to(device).eval(), meta

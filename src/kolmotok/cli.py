@@ -26,6 +26,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     cfg = apply_overrides(get_preset(args.preset), args.set or [])
+    if args.base_autoencoder:
+        cfg.model.base_autoencoder = args.base_autoencoder
     for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers", "init_from", "precision",
                 "grad_accum"):
         value = getattr(args, key)
@@ -178,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a tokenizer (two-phase KARL objective)")
-    t.add_argument("--preset", default="tiny", help="named config: tiny, small, base")
+    t.add_argument("--preset", default="tiny",
+                   help="named config: tiny, small, base, small-vae, base-vae, or a baseline such as tiny-prefix")
     t.add_argument("--data", help="data spec: photos, shapes, folder:PATH, or A@w+B@v (default: the preset's)")
     t.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
     t.add_argument("--steps", type=int)
@@ -187,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--data-workers", type=int, help="DataLoader worker processes")
+    t.add_argument("--base-autoencoder", metavar="DIR",
+                   help="local diffusers AutoencoderKL/VQModel directory whose latents to tokenize (-vae presets)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (GPU); default fp32")
     t.add_argument("--compile", action="store_true", help="torch.compile the transformers")
     t.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")

@@ -37,18 +37,31 @@ class ModelConfig:
     halting_threshold: float = 0.75  # a token halts when P(halt) exceeds this (KARL ref.)
     epsilon_floor: float = 1e-3  # eps values are clamped here before log-embedding
     recurrent_step: int = 0  # > 0: ALIT-style recurrent baseline adding this many tokens per rollout
+    base_autoencoder: str = ""  # local diffusers AutoencoderKL/VQModel dir: tokenize its latent grid
+    base_channels: int = 0  # filled from the autoencoder's config.json (latent channels)
+    base_downsample: int = 1  # ... and its downsampling factor
+
+    def resolve_base(self) -> None:
+        """Fill base_channels / base_downsample from the autoencoder's config (no weights loaded)."""
+        if self.base_autoencoder:
+            from .models.base_ae import describe
+
+            self.base_channels, self.base_downsample = describe(self.base_autoencoder)
 
     @property
     def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+        return self.image_size // self.base_downsample // self.patch_size
 
     @property
     def code_dim(self) -> int:
         return len(self.fsq_levels) if self.quantizer == "fsq" else self.token_dim
 
     def validate(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.image_size % (self.patch_size * self.base_downsample):
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+                             + (f" x base downsampling {self.base_downsample}" if self.base_autoencoder else ""))
+        if self.base_autoencoder and self.linear_path:
+            raise ValueError("model.base_autoencoder replaces the PCA linear path: set model.linear_path=false")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"conv stem needs a power-of-two patch_size, got {self.patch_size}")
         if self.stem not in ("conv", "linear"):
@@ -201,7 +214,20 @@ def _base() -> RunConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "base": _base}
+def _with_vae(preset) -> RunConfig:
+    """KARL's latent-distillation setting: tokenize a frozen diffusers autoencoder's latent grid
+    (an 8x-downsampling VAE gives a 16x16 grid at 128 px, 32x32 at 256 px; patch 2 halves it)."""
+    cfg = preset()
+    cfg.model.linear_path, cfg.model.patch_size, cfg.model.stem = False, 2, "conv"
+    cfg.model.base_autoencoder = BASE_REQUIRED
+    return cfg
+
+
+BASE_REQUIRED = "REQUIRED"  # placeholder of the -vae presets: --base-autoencoder DIR must replace it
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "base": _base,
+           "small-vae": lambda: _with_vae(_small), "base-vae": lambda: _with_vae(_base)}
 
 
 def _baseline(base: str, kind: str, fixed_length: int = 0, **model_fields) -> RunConfig:
@@ -227,6 +253,7 @@ for _base_name in ("tiny", "small", "base"):
 
 
 def validate(cfg: RunConfig) -> None:
+    cfg.model.resolve_base()
     cfg.model.validate()
     o = cfg.objective
     if o.kind not in OBJECTIVES:
@@ -241,5 +268,6 @@ def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     cfg = PRESETS[name]()
-    validate(cfg)
+    if not name.endswith("-vae"):  # -vae presets are checked once model.base_autoencoder is set
+        validate(cfg)
     return cfg

@@ -68,12 +68,12 @@ class PixelStem(nn.Module):
     ``linear``: the plain ViT patch embedding.
     """
 
-    def __init__(self, kind: str, patch_size: int, channels: int, width: int) -> None:
+    def __init__(self, kind: str, patch_size: int, channels: int, width: int, in_channels: int = 3) -> None:
         super().__init__()
         if kind == "linear":
-            self.net = nn.Conv2d(3, width, patch_size, stride=patch_size)
+            self.net = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
         else:
-            layers: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1), nn.GELU()]
+            layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.GELU()]
             for _ in range(_num_halvings(patch_size)):
                 layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1), nn.GELU()]
             layers.append(nn.Conv2d(channels, width, 1))
@@ -86,12 +86,11 @@ class PixelStem(nn.Module):
 class PixelHead(nn.Module):
     """2D tokens (B, G*G, D) -> images (B, 3, H, W); mirror of :class:`PixelStem`."""
 
-    def __init__(self, kind: str, patch_size: int, channels: int, width: int) -> None:
+    def __init__(self, kind: str, patch_size: int, channels: int, width: int, out_channels: int = 3) -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.kind = kind
+        self.patch_size, self.kind, self.out_channels = patch_size, kind, out_channels
         if kind == "linear":
-            self.net = nn.Linear(width, 3 * patch_size * patch_size)
+            self.net = nn.Linear(width, out_channels * patch_size * patch_size)
         else:
             layers: list[nn.Module] = [nn.Conv2d(width, channels, 1)]
             c = channels
@@ -100,7 +99,7 @@ class PixelHead(nn.Module):
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_next, 3, padding=1),
                            nn.GELU()]
                 c = c_next
-            layers.append(nn.Conv2d(c, 3, 3, padding=1))
+            layers.append(nn.Conv2d(c, out_channels, 3, padding=1))
             self.net = nn.Sequential(*layers)
 
     @property
@@ -112,8 +111,9 @@ class PixelHead(nn.Module):
         G = int(round(math.sqrt(N)))
         if self.kind == "linear":
             p = self.patch_size
-            x = self.net(tokens).view(B, G, G, 3, p, p)
-            return x.permute(0, 3, 1, 4, 2, 5).reshape(B, 3, G * p, G * p)
+            C = self.out_channels
+            x = self.net(tokens).view(B, G, G, C, p, p)
+            return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, G * p, G * p)
         return self.net(tokens.transpose(1, 2).reshape(B, D, G, G))
 
 

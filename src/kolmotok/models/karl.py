@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .base_ae import PREFIX as BASE_PREFIX
+from .base_ae import BaseAutoencoder
 from .blocks import EpsilonEmbedding, PixelHead, PixelStem, Transformer
 from .quantizers import Quantized, build_quantizer
 
@@ -122,8 +124,11 @@ class KARLTokenizer(nn.Module):
         cfg.validate()
         self.cfg = cfg
         D, G2, T = cfg.width, cfg.grid_size**2, cfg.max_tokens
+        # optional frozen base autoencoder: the 2D tokens come from its latent grid (KARL's setting)
+        self.base = BaseAutoencoder(cfg.base_autoencoder) if cfg.base_autoencoder else None
+        C = cfg.base_channels if self.base is not None else 3
         # encoder: [eps-token, 2D tokens, first T of T_max latent tokens]
-        self.stem = PixelStem(cfg.stem, cfg.patch_size, cfg.stem_channels, D)
+        self.stem = PixelStem(cfg.stem, cfg.patch_size, cfg.stem_channels, D, in_channels=C)
         self.enc_pos = nn.Parameter(torch.zeros(1, G2, D))
         self.latent_tokens = nn.Parameter(torch.zeros(1, T, D))
         self.eps_embed = EpsilonEmbedding(D, cfg.epsilon_floor)
@@ -139,7 +144,7 @@ class KARLTokenizer(nn.Module):
         self.index_embed = nn.Parameter(torch.zeros(1, T, D))
         self.linear_path = LinearPath(cfg.linear_path_resolution, T, cfg.code_dim) if cfg.linear_path else None
         self.decoder = Transformer(D, cfg.decoder_layers, cfg.num_heads, cfg.mlp_ratio)
-        self.head = PixelHead(cfg.stem, cfg.patch_size, cfg.stem_channels, D)
+        self.head = PixelHead(cfg.stem, cfg.patch_size, cfg.stem_channels, D, out_channels=C)
         # recurrent baseline (ALIT-style) only: the tokens of the previous rollout, fed back
         self.feedback = nn.Linear(cfg.code_dim, D) if cfg.recurrent_step else None
         self._init_weights()
@@ -147,8 +152,8 @@ class KARLTokenizer(nn.Module):
     def _init_weights(self) -> None:
         for p in (self.enc_pos, self.latent_tokens, self.mask_token, self.dec_pos, self.index_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and not name.startswith(BASE_PREFIX):  # the base autoencoder stays as loaded
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         # variance-preserving init where signal must pass at full scale from step one (FSQ
@@ -177,7 +182,8 @@ class KARLTokenizer(nn.Module):
         the image and outputs all T tokens (ALIT-style).
         """
         B = images.shape[0]
-        grid = self.stem(images * 2.0 - 1.0) + self.enc_pos  # (B, G*G, D)
+        pixels_or_latents = images * 2.0 - 1.0 if self.base is None else self.base.encode(images)
+        grid = self.stem(pixels_or_latents) + self.enc_pos  # (B, G*G, D)
         eps = self.eps_embed(epsilon)  # (B, 1, D)
         latents = self.latent_tokens[:, :num_tokens].expand(B, -1, -1)  # (B, T, D)
         if previous is not None:
@@ -218,10 +224,25 @@ class KARLTokenizer(nn.Module):
         key_mask = torch.cat([keep.new_ones(B, G2), keep], dim=1)
         x = self.decoder(torch.cat([grid, tokens], dim=1), key_mask)
         out = self.head(x[:, :G2])
+        if self.base is not None:  # predicted latent grid -> pixels through the frozen decoder
+            out = self.base.decode(out)
         if self.linear_path is not None:
             kept = vectors[:, :L] * keep[..., None]  # halted tokens are zeros here
             out = out + self.linear_path.decode(F.pad(kept, (0, 0, 0, self.cfg.max_tokens - L)), self.cfg.image_size)
         return out
+
+    # ------------------------------------------------------------------ weights
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights to checkpoint: everything except the frozen base autoencoder (stored elsewhere)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(BASE_PREFIX)}
+
+    def load_own_state_dict(self, state: dict[str, torch.Tensor], allow_missing: tuple[str, ...] = ()) -> None:
+        """Load :meth:`own_state_dict` output; only the base autoencoder (and ``allow_missing``
+        prefixes) may be absent."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith((BASE_PREFIX, *allow_missing))]
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
 
     @torch.no_grad()
     def init_linear_path(self, images: torch.Tensor) -> None:

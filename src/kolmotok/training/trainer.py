@@ -82,8 +82,9 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     def decays(name: str, p: torch.nn.Parameter) -> bool:  # weight matrices, not embeddings/biases/norms
         return p.ndim >= 2 and "pos" not in name and "token" not in name
 
-    decay = [p for n, p in model.named_parameters() if decays(n, p)]
-    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # not a frozen base autoencoder
+    decay = [p for n, p in trainable if decays(n, p)]
+    no_decay = [p for n, p in trainable if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=device.type == "cuda")
 
@@ -111,9 +112,10 @@ def init_weights(model: KARLTokenizer, path: str) -> None:
     theirs, ours = dict(meta["model"], recurrent_step=0), dict(to_dict(model.cfg), recurrent_step=0)
     if theirs != ours:
         raise ValueError(f"--init-from {path}: its model config differs from this run's")
-    missing, unexpected = model.load_state_dict(start_model.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("feedback.") for k in missing):
-        raise ValueError(f"--init-from {path}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    try:
+        model.load_own_state_dict(start_model.own_state_dict(), allow_missing=("feedback.",))
+    except ValueError as exc:
+        raise ValueError(f"--init-from {path}: {exc}") from None
     log.info("initialised from %s (step %s)", path, meta.get("step"))
 
 
@@ -189,7 +191,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     if existing:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(existing[-1] / "model.safetensors"), device=str(device)))
+        model.load_own_state_dict(load_file(str(existing[-1] / "model.safetensors"), device=str(device)))
         state = torch.load(existing[-1] / TRAIN_STATE, map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

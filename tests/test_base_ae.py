@@ -1,0 +1,49 @@
+"""A frozen diffusers autoencoder as the base 2D representation (KARL's latent-distillation setting)."""
+
+import pytest
+import torch
+
+from conftest import small_config
+from kolmotok.api import load
+from kolmotok.cli import main
+from kolmotok.config import get_preset
+from kolmotok.training import train
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
+        layers_per_block=1, norm_num_groups=4, sample_size=16)
+    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(path)
+    return path
+
+
+def test_train_and_encode_through_a_base_autoencoder(tmp_path, vae_dir):
+    cfg = small_config("train.steps=2", "train.data=shapes", "model.linear_path=false", "model.patch_size=2",
+                       f"model.base_autoencoder={vae_dir}")
+    ckpt = train(cfg, tmp_path / "run", progress=False)
+    tok = load(ckpt, device="cpu")
+    assert tok.model.cfg.base_channels == 4 and tok.model.cfg.grid_size == 4  # 16 px / 2 (VAE) / 2 (patch)
+    assert not any(k.startswith("base.") for k in tok.model.own_state_dict())  # the VAE is not copied
+    base_params = [p for n, p in tok.model.named_parameters() if n.startswith("base.")]
+    assert base_params and not any(p.requires_grad for p in base_params)
+    images = torch.rand(3, 3, 16, 16)
+    enc = tok.encode(images, epsilon=0.1)
+    assert tok.decode(enc).shape == images.shape
+    # frozen: training did not change the autoencoder
+    fresh = diffusers.AutoencoderKL.from_pretrained(vae_dir)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), tok.model.base.ae.state_dict().values()))
+
+
+def test_vae_presets_demand_an_autoencoder(tmp_path, capsys):
+    assert get_preset("small-vae").model.linear_path is False
+    rc = main(["train", "--preset", "small-vae", "--out", str(tmp_path / "r"), "--steps", "1"])
+    assert rc == 2 and "--base-autoencoder" in capsys.readouterr().err
+    rc = main(["train", "--preset", "small-vae", "--base-autoencoder", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert rc == 2 and "config.json" in capsys.readouterr().err
