@@ -133,3 +133,33 @@ def test_bad_objective_settings_are_clear(tmp_path):
         train(small_config("objective.kind=recurrent"), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="objective.kind"):
         train(small_config("objective.kind=magic"), tmp_path / "c", progress=False)
+
+
+def test_mixed_precision_and_gradient_accumulation(tmp_path):
+    # bf16 autocast runs on CPU too; the quantizer and the loss stay fp32
+    cfg = small_config("train.steps=2", "train.data=shapes", "train.precision=bf16", "train.grad_accum=2")
+    train(cfg, tmp_path / "bf16", progress=False)
+    rows = _rows(tmp_path / "bf16")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    with pytest.raises(ValueError, match="divisible"):
+        train(small_config("train.grad_accum=3"), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        train(small_config("train.precision=fp8"), tmp_path / "bad2", progress=False)
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    # the fixed-length objective has no per-image randomness, so 2 micro-batches == 1 batch
+    common = ["train.steps=2", "train.data=shapes", "objective.kind=fixed", "objective.fixed_length=4",
+              "train.eval_every=0"]
+    a = train(small_config(*common), tmp_path / "a", progress=False)
+    b = train(small_config(*common, "train.grad_accum=2"), tmp_path / "b", progress=False)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(tmp_path):  # ~40 s on 2 CPU cores (inductor compile)
+    train(small_config("train.steps=3", "train.data=shapes", "train.compile=true", "train.eval_every=0"),
+          tmp_path / "c", progress=False)
+    assert len(_rows(tmp_path / "c")) == 3
