@@ -138,7 +138,8 @@ class Tokenizer:
         return budget
 
     # ------------------------------------------------------------------ inference
-    def _calibration(self, guarantee: float) -> Calibration:
+    def calibration_for(self, guarantee: float) -> Calibration:
+        """The stored calibration promising ``guarantee`` (= 1 - alpha); ValueError if there is none."""
         if isinstance(guarantee, bool) or not isinstance(guarantee, (int, float)) or not 0 < guarantee < 1:
             raise ValueError(f"guarantee must be a share in (0, 1), e.g. 0.9, got {guarantee!r}")
         for alpha, cal in self.calibrations.items():
@@ -166,7 +167,7 @@ class Tokenizer:
         T = self._check_budget(budget)
         cond, guaranteed = eps, None
         if guarantee is not None:
-            cond, guaranteed = self._calibration(guarantee).lookup(eps)
+            cond, guaranteed = self.calibration_for(guarantee).lookup(eps)
             cond = torch.where(eps > 0, cond, 0.0)
         out = self.model.tokenize(x, cond, T)
         enc = Encoding(out.codes, out.lengths, eps, T, cond, guarantee, guaranteed)

@@ -56,7 +56,7 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
             methods.append(KARLMethod("karl", tok))
         elif name.startswith("karl@"):
             methods.append(KARLMethod(name, tok, guarantee=float(name.partition("@")[2])))
-            tok._calibration(float(name.partition("@")[2]))  # fail now, not mid-run
+            tok.calibration_for(float(name.partition("@")[2]))  # fail now, not mid-run
         elif name == "oracle":
             methods.append(OracleMethod("oracle", tok))
         elif name in ("prefix", "recurrent"):
