@@ -106,6 +106,12 @@ def test_init_from_checkpoint(tmp_path):
     out = train(tuned, tmp_path / "tuned", progress=False)
     after = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(start[k], after[k]) for k in start), "lr 0: weights must be exactly the start's"
+    # a checkpoint written before newer config fields existed still fine-tunes (defaults fill them)
+    meta = json.loads((ckpt / "config.json").read_text())
+    del meta["model"]["recurrent_step"], meta["model"]["base_autoencoder"]
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "train.eval_every=0"),
+          tmp_path / "old", progress=False)
     other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
     with pytest.raises(ValueError, match="differs"):
         train(other, tmp_path / "bad", progress=False)

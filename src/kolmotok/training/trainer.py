@@ -29,7 +29,7 @@ from ..checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from ..config import RunConfig, from_dict, to_dict, validate
+from ..config import ModelConfig, RunConfig, from_dict, to_dict, validate
 from ..data import eval_set, make_source
 from ..evaluation.methods import method_for
 from ..evaluation.metrics import l1_per_image
@@ -109,7 +109,9 @@ def init_weights(model: KARLTokenizer, path: str) -> None:
     """Fine-tuning start: load a checkpoint's weights. Its model config must match, except that a
     recurrent baseline may start from a plain model (its feedback layer keeps its zero init)."""
     start_model, meta = load_model(path, "cpu")
-    theirs, ours = dict(meta["model"], recurrent_step=0), dict(to_dict(model.cfg), recurrent_step=0)
+    # compare resolved configs: a checkpoint written before a field existed has that field's default
+    theirs = dict(to_dict(from_dict(ModelConfig, meta["model"], where=f"{path}: model")), recurrent_step=0)
+    ours = dict(to_dict(model.cfg), recurrent_step=0)
     if theirs != ours:
         raise ValueError(f"--init-from {path}: its model config differs from this run's")
     try:
