@@ -111,8 +111,12 @@ def list_images(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) tensor in [0, 1] -> (H, W, 3) uint8 array (rounded)."""
+    return (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
 def save_image(image: torch.Tensor, path: str | Path) -> None:
     """(3, H, W) in [0, 1] -> PNG, written atomically."""
-    arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from ..api import Tokenizer
 from ..data import eval_set
+from ..data.images import to_uint8
 from ..data.shapes import render
 from ..io import atomic_path
 from .metrics import l1_per_image
@@ -35,8 +35,7 @@ def contact_sheet(originals: torch.Tensor, recons: torch.Tensor, captions: list[
     draw = ImageDraw.Draw(sheet)
 
     def to_pil(t: torch.Tensor) -> Image.Image:
-        arr = (t.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        return Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST)
+        return Image.fromarray(to_uint8(t)).resize((w * scale, h * scale), Image.NEAREST)
 
     for i in range(n):
         x = 8 + i * cell_w

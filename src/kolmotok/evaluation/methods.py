@@ -37,7 +37,8 @@ import torch
 from PIL import Image
 
 from ..api import Tokenizer
-from .metrics import l1_per_image
+from ..data.images import to_uint8
+from .metrics import encode_image, l1_per_image
 
 
 @dataclass
@@ -224,19 +225,11 @@ def method_for(kind: str, name: str, tok: Tokenizer, fixed_length: int = 0) -> M
 
 
 # ------------------------------------------------------------------ classical codecs
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
 def codec_roundtrip(array: np.ndarray, fmt: str, quality: int | None = None) -> tuple[torch.Tensor, int]:
     """Encode an (H, W, 3) uint8 array with Pillow and decode it -> ((3, H, W) in [0, 1], bytes)."""
-    buf = io.BytesIO()
-    options = {"optimize": True, "compress_level": 9} if fmt == "PNG" else {"quality": quality}
-    Image.fromarray(array).save(buf, format=fmt, **options)
-    size = buf.tell()
-    buf.seek(0)
-    decoded = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(decoded).permute(2, 0, 1).contiguous(), size
+    data = encode_image(array, fmt, quality)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(decoded).permute(2, 0, 1).contiguous(), len(data)
 
 
 class CodecMethod(Method):
@@ -253,7 +246,7 @@ class CodecMethod(Method):
                 raise ValueError("this Pillow build has no WebP support; drop 'webp' from --methods")
 
     def _one(self, image: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, int, int]:
-        array = _to_uint8(image)
+        array = to_uint8(image)
         if self.fmt == "PNG":
             recon, size = codec_roundtrip(array, "PNG")
             return recon, size, 1

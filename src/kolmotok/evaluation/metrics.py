@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.images import to_uint8
+
 
 def l1_per_image(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) x2 -> (B,) mean absolute error (the eps of KARL)."""
@@ -63,12 +65,18 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def encode_image(array: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """(H, W, 3) uint8 array -> the file bytes of Pillow's encoder: PNG at maximum compression,
+    or JPEG / WebP at ``quality``."""
+    buf = io.BytesIO()
+    options = {"optimize": True, "compress_level": 9} if fmt == "PNG" else {"quality": quality}
+    Image.fromarray(array).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
 def png_bytes(image: torch.Tensor) -> int:
     """Size of the image (3, H, W) in [0, 1] as an 8-bit PNG at maximum compression."""
-    arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", optimize=True, compress_level=9)
-    return buf.tell()
+    return len(encode_image(to_uint8(image), "PNG"))
 
 
 def resample_baseline(images: torch.Tensor, grid: int) -> torch.Tensor:
