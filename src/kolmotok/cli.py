@@ -108,6 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
+    from .api import shipped_checkpoint
     from .checkpoint import resolve_checkpoint
     from .data import eval_set
 
@@ -123,11 +124,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             cond, ok = cal.lookup(torch.tensor([eps]))
             note = "" if bool(ok) else "  (not attainable: the full budget misses eps too often; uses every token)"
             print(f"  eps {eps:5.3f} -> condition {float(cond):.4f}{note}")
-    target = args.out or (resolve_checkpoint(args.ckpt) if args.ckpt else None)
-    if target is None:
-        from .api import shipped_checkpoint
-
-        target = shipped_checkpoint()
+    target = args.out or resolve_checkpoint(args.ckpt or shipped_checkpoint())
     print(f"saved: {tok.save_calibration(target)}")
     return 0
 

@@ -29,7 +29,7 @@ from ..checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from ..config import ModelConfig, RunConfig, from_dict, to_dict, validate
+from ..config import RunConfig, from_dict, to_dict, validate
 from ..data import eval_set, make_source
 from ..evaluation.methods import method_for
 from ..evaluation.metrics import l1_per_image
@@ -110,8 +110,7 @@ def init_weights(model: KARLTokenizer, path: str) -> None:
     recurrent baseline may start from a plain model (its feedback layer keeps its zero init)."""
     start_model, meta = load_model(path, "cpu")
     # compare resolved configs: a checkpoint written before a field existed has that field's default
-    theirs = dict(to_dict(from_dict(ModelConfig, meta["model"], where=f"{path}: model")), recurrent_step=0)
-    ours = dict(to_dict(model.cfg), recurrent_step=0)
+    theirs, ours = dict(to_dict(start_model.cfg), recurrent_step=0), dict(to_dict(model.cfg), recurrent_step=0)
     if theirs != ours:
         raise ValueError(f"--init-from {path}: its model config differs from this run's")
     try:
@@ -279,9 +278,10 @@ def train_step(step_module: torch.nn.Module, images: torch.Tensor, generator: to
     chunks = images.chunk(accum)
     for i, chunk in enumerate(chunks):
         sync = i == len(chunks) - 1 or not hasattr(step_module, "no_sync")
-        with (contextlib.nullcontext() if sync else step_module.no_sync()), autocast:
-            loss, metrics = step_module(chunk, generator)
-        scaler.scale(loss / len(chunks)).backward()
+        with contextlib.nullcontext() if sync else step_module.no_sync():
+            with autocast:
+                loss, metrics = step_module(chunk, generator)
+            scaler.scale(loss / len(chunks)).backward()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v / len(chunks)
     return sums
