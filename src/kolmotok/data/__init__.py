@@ -22,7 +22,7 @@ import torch
 
 from . import shapes as shapes_mod
 from .augment import training_view
-from .images import ImageLoadError, list_images, load_image, load_images, read_rgb
+from .images import ImageLoadError, list_images, load_image, load_images, read_rgb, stack_images
 from .photos import PhotoCrops
 from .shapes import Shapes
 
@@ -64,8 +64,7 @@ class FolderImages:
         raise ValueError(f"{self.name}: {self.MAX_REDRAWS} draws in a row were unreadable files")
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.stack([self._one(generator) for _ in range(n)]) if n else torch.zeros(0, 3, self.image_size,
-                                                                                                 self.image_size)
+        return stack_images([self._one(generator) for _ in range(n)], self.image_size)
 
 
 class Mixture:

@@ -99,7 +99,7 @@ def load_images(paths: list[str | Path], size: int, skip_errors: bool = True) ->
                 raise
             log.warning("skipping %s", exc)
             failures.append((Path(p), str(exc)))
-    batch = torch.stack(images) if images else torch.zeros(0, 3, size, size)
+    batch = stack_images(images, size)
     return LoadedImages(batch, ok, failures)
 
 
@@ -109,6 +109,11 @@ def list_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"folder:{root}: not a directory")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def stack_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """(3, size, size) tensors -> (N, 3, size, size); an empty list gives an empty batch."""
+    return torch.stack(images) if images else torch.zeros(0, 3, size, size)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .augment import training_view
-from .images import IMAGE_SUFFIXES, to_rgb_array
+from .images import IMAGE_SUFFIXES, stack_images, to_rgb_array
 
 log = logging.getLogger(__name__)
 
@@ -62,5 +62,5 @@ class WebDatasetImages:
         raise ValueError(f"{self.name}: 1000 samples in a row held no readable image")
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        views = [training_view(self._next_array(), self.image_size, generator) for _ in range(n)]
-        return torch.stack(views) if views else torch.zeros(0, 3, self.image_size, self.image_size)
+        return stack_images([training_view(self._next_array(), self.image_size, generator) for _ in range(n)],
+                            self.image_size)
