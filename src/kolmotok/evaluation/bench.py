@@ -55,8 +55,9 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
         if name == "karl":
             methods.append(KARLMethod("karl", tok))
         elif name.startswith("karl@"):
-            methods.append(KARLMethod(name, tok, guarantee=float(name.partition("@")[2])))
-            tok.calibration_for(float(name.partition("@")[2]))  # fail now, not mid-run
+            guarantee = float(name.partition("@")[2])
+            tok.calibration_for(guarantee)  # fail now, not mid-run
+            methods.append(KARLMethod(name, tok, guarantee=guarantee))
         elif name == "oracle":
             methods.append(OracleMethod("oracle", tok))
         elif name in ("prefix", "recurrent"):
