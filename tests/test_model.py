@@ -24,7 +24,8 @@ def test_stage_shapes(model, images):
 @pytest.mark.parametrize("quantizer", ["continuous", "fsq"])
 @pytest.mark.parametrize("linear_path", [True, False])
 def test_every_parameter_gets_a_gradient(quantizer, linear_path):
-    cfg = small_config(f"model.quantizer={quantizer}", f"model.linear_path={str(linear_path).lower()}")
+    cfg = small_config(f"model.quantizer={quantizer}", f"model.linear_path={str(linear_path).lower()}",
+                       f"model.halting_epsilon_gain={2.0 if linear_path else 0.0}")
     torch.manual_seed(0)
     model = KARLTokenizer(cfg.model)
     x = torch.rand(6, 3, 16, 16)
@@ -58,6 +59,24 @@ def test_halting_invariants(model, images):
             assert (out.vectors[~keep] == 0).all(), "tokens past the length must be blank"
             if eps == 0:
                 assert (out.lengths == budget).all(), "eps = 0 must keep exactly `budget` tokens"
+
+
+def test_direct_epsilon_term_makes_halting_monotone_in_epsilon(images):
+    cfg = small_config("model.halting_epsilon_gain=3.0")
+    torch.manual_seed(0)
+    model = KARLTokenizer(cfg.model).eval()
+    with torch.no_grad():
+        model.eps_embed.mlp[-1].weight.zero_()  # eps now reaches halting only through the direct term
+        model.eps_embed.mlp[-1].bias.zero_()
+        model.halt_head.weight.normal_(std=1.0)
+        B, T = len(images), 8
+        logits = {e: model.encode(images, torch.full((B,), e), T).halt_logits for e in (0.01, 0.05, 0.2)}
+    gain = torch.nn.functional.softplus(model.halt_eps_gain)
+    assert gain.item() == pytest.approx(3.0, rel=1e-5)
+    assert torch.allclose(logits[0.2] - logits[0.05], gain * torch.log(torch.tensor(0.2 / 0.05)).expand(B, T), atol=1e-4)
+    lengths = [model.halt(logits[e], torch.full((B,), e)) for e in (0.01, 0.05, 0.2)]
+    assert (lengths[0] >= lengths[1]).all() and (lengths[1] >= lengths[2]).all()
+    assert lengths[0].sum() > lengths[2].sum(), "a 20x looser target must halt earlier somewhere"
 
 
 def test_decoder_never_reads_halted_tokens(model, images):

@@ -112,6 +112,14 @@ def test_init_from_checkpoint(tmp_path):
     (ckpt / "config.json").write_text(json.dumps(meta))
     train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "train.eval_every=0"),
           tmp_path / "old", progress=False)
+    # switching on the direct eps halting term (a new weight) or moving the threshold (no weight) is allowed
+    gained = train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "train.eval_every=0",
+                                "model.halting_epsilon_gain=2.0", "model.halting_threshold=0.5"),
+                   tmp_path / "gained", progress=False)
+    assert "halt_eps_gain" in load_file(str(gained / "model.safetensors"))
+    with pytest.raises(ValueError, match="unexpected"):  # ... but not dropping a trained one
+        train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={gained}", "train.eval_every=0"),
+              tmp_path / "dropped", progress=False)
     other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
     with pytest.raises(ValueError, match="differs"):
         train(other, tmp_path / "bad", progress=False)

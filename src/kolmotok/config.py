@@ -35,6 +35,9 @@ class ModelConfig:
     fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # FSQ levels; token_dim = len(levels)
     token_dim: int = 6  # size of a continuous token (ignored for FSQ)
     halting_threshold: float = 0.75  # a token halts when P(halt) exceeds this (KARL ref.)
+    # > 0: each halting logit also gets a learned positive multiple of log(eps / 0.05), started at
+    # this value, so halting is monotone in eps beyond what the eps-token teaches (docs/DESIGN.md §4)
+    halting_epsilon_gain: float = 0.0
     epsilon_floor: float = 1e-3  # eps values are clamped here before log-embedding
     recurrent_step: int = 0  # > 0: ALIT-style recurrent baseline adding this many tokens per rollout
     base_autoencoder: str = ""  # local diffusers AutoencoderKL/VQModel dir: tokenize its latent grid
@@ -74,6 +77,8 @@ class ModelConfig:
             raise ValueError(f"recurrent_step {self.recurrent_step} must be 0 or divide max_tokens {self.max_tokens}")
         if not 0.0 < self.halting_threshold < 1.0:
             raise ValueError(f"halting_threshold must be in (0, 1), got {self.halting_threshold}")
+        if self.halting_epsilon_gain < 0:
+            raise ValueError(f"halting_epsilon_gain must be >= 0, got {self.halting_epsilon_gain}")
 
 
 OBJECTIVES = ("karl", "fixed", "prefix", "recurrent")

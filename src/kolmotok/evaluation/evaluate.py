@@ -72,6 +72,8 @@ class EvalReport:
     reference_l1: dict[str, float]  # classical down/up-sampling baselines
     spearman_tokens_vs_png: float
     spearman_tokens_vs_label: float | None = None
+    # the same, within grayscale and within colour crops (PNG stores R = G = B crops in fewer bytes)
+    spearman_png_by_colour: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -103,7 +105,16 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
     png = np.array([png_bytes(im) for im in images])
     rho_label = spearman(rank_lengths, data.labels.numpy()) if data.labels is not None else None
     return EvalReport(data.name, len(images), T, eps_rows, budget_rows, reference,
-                      spearman(rank_lengths, png), rho_label)
+                      spearman(rank_lengths, png), rho_label, spearman_by_colour(images, rank_lengths, png))
+
+
+def spearman_by_colour(images: torch.Tensor, values: np.ndarray, png: np.ndarray, min_group: int = 10
+                       ) -> dict[str, float]:
+    """Spearman(values, png) within grayscale (R = G = B) and within colour images; a group
+    smaller than ``min_group`` is left out."""
+    gray = ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).cpu().numpy()
+    return {name: spearman(values[sel], png[sel]) for name, sel in (("grayscale", gray), ("colour", ~gray))
+            if sel.sum() >= min_group}
 
 
 def format_report(rep: EvalReport) -> str:
@@ -123,6 +134,9 @@ def format_report(rep: EvalReport) -> str:
         n = 3 * int(g.split("x")[0]) ** 2
         lines.append(f" reference {name} ({n} numbers/image): l1 {v:.4f}")
     lines.append(f" Spearman(tokens at eps=0.05, PNG bytes) = {rep.spearman_tokens_vs_png:.3f}")
+    if len(rep.spearman_png_by_colour) == 2:
+        lines.append("   within grayscale crops only: {grayscale:.3f}; within colour crops only: {colour:.3f}"
+                     .format(**rep.spearman_png_by_colour))
     if rep.spearman_tokens_vs_label is not None and not math.isnan(rep.spearman_tokens_vs_label):
         lines.append(f" Spearman(tokens at eps=0.05, ground-truth complexity) = {rep.spearman_tokens_vs_label:.3f}")
     return "\n".join(lines)

@@ -131,8 +131,12 @@ class EpsilonEmbedding(nn.Module):
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(num_freqs, dtype=torch.float32), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * num_freqs + 1, width), nn.GELU(), nn.Linear(width, width))
 
+    def log_epsilon(self, epsilon: torch.Tensor) -> torch.Tensor:
+        """(B,) log(eps), eps clamped to the floor."""
+        return epsilon.float().clamp(min=math.exp(self.log_floor)).log()
+
     def forward(self, epsilon: torch.Tensor) -> torch.Tensor:
-        e = (epsilon.float().clamp(min=math.exp(self.log_floor)).log() - self.log_floor) / -self.log_floor
+        e = (self.log_epsilon(epsilon) - self.log_floor) / -self.log_floor
         angles = e[:, None] * self.freqs  # (B, F)
         feats = torch.cat([e[:, None], angles.sin(), angles.cos()], dim=-1)
         return self.mlp(feats)[:, None, :]

@@ -11,6 +11,7 @@ Variable length stays batched: tokens are a padded ``(B, T, ...)`` tensor plus
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -22,6 +23,9 @@ from .base_ae import PREFIX as BASE_PREFIX
 from .base_ae import BaseAutoencoder
 from .blocks import EpsilonEmbedding, PixelHead, PixelStem, Transformer
 from .quantizers import Quantized, build_quantizer
+
+
+EPS_REFERENCE = 0.05  # where the direct eps term of the halting logits is zero
 
 
 class Latents(NamedTuple):
@@ -135,6 +139,9 @@ class KARLTokenizer(nn.Module):
         self.encoder = Transformer(D, cfg.encoder_layers, cfg.num_heads, cfg.mlp_ratio)
         # heads on the latent outputs: halting, and factorized projection to the token space
         self.halt_head = nn.Linear(D, 1)
+        # optional direct eps path into the halting logits (see halting_logits)
+        self.halt_eps_gain = (nn.Parameter(torch.tensor(math.log(math.expm1(cfg.halting_epsilon_gain))))
+                              if cfg.halting_epsilon_gain else None)
         self.to_token = nn.Linear(D, cfg.code_dim)
         self.quantizer = build_quantizer(cfg.quantizer, cfg.fsq_levels)
         # decoder: [mask tokens for every grid position, kept latent tokens + index embedding]
@@ -193,7 +200,22 @@ class KARLTokenizer(nn.Module):
         x = self.encoder(torch.cat([eps, grid, latents], dim=1))
         out = x[:, -num_tokens:]  # (B, T, D)
         direct = None if self.linear_path is None else self.linear_path.encode(images)[:, :num_tokens]
-        return Latents(out, self.halt_head(out).squeeze(-1), direct)
+        return Latents(out, self.halting_logits(out, epsilon), direct)
+
+    def halting_logits(self, latents: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
+        """(B, T, D), (B,) -> (B, T) logits of P(halt).
+
+        KARL's head reads eps only through the eps-token's effect on each latent. With
+        ``halting_epsilon_gain`` the logit also gets g * log(eps / EPS_REFERENCE), g = softplus(a) > 0
+        learned: a looser target can only make halting more likely, and targets outside the
+        range seen in training (a flat image asked for 0.05 after being trained on its own
+        0.005) extrapolate in the right direction.
+        """
+        logits = self.halt_head(latents).squeeze(-1)
+        if self.halt_eps_gain is not None:
+            shift = self.eps_embed.log_epsilon(epsilon) - math.log(EPS_REFERENCE)
+            logits = logits + F.softplus(self.halt_eps_gain) * shift[:, None].to(logits.dtype)
+        return logits
 
     def halt(self, halt_logits: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
         """Lengths (B,) from halting; epsilon == 0 disables adaptivity (all tokens kept)."""

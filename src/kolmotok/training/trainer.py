@@ -105,16 +105,21 @@ def held_out_l1(model: KARLTokenizer, cfg: RunConfig, images: torch.Tensor, leng
     return out
 
 
+# model fields a fine-tune may switch on, and the weights (name prefixes) they add: the recurrent
+# baseline's feedback layer, the direct eps term of the halting logits
+FINE_TUNE_ADDITIONS = {"recurrent_step": "feedback.", "halting_epsilon_gain": "halt_eps_gain"}
+
+
 def init_weights(model: KARLTokenizer, path: str) -> None:
-    """Fine-tuning start: load a checkpoint's weights. Its model config must match, except that a
-    recurrent baseline may start from a plain model (its feedback layer keeps its zero init)."""
+    """Fine-tuning start: load a checkpoint's weights. Its model config must match, except for
+    fields that only add a freshly initialised part (:data:`FINE_TUNE_ADDITIONS`) or hold no weights."""
     start_model, meta = load_model(path, "cpu")
     # compare resolved configs: a checkpoint written before a field existed has that field's default
-    theirs, ours = dict(to_dict(start_model.cfg), recurrent_step=0), dict(to_dict(model.cfg), recurrent_step=0)
-    if theirs != ours:
+    ignored = {field: None for field in (*FINE_TUNE_ADDITIONS, "halting_threshold")}
+    if dict(to_dict(start_model.cfg), **ignored) != dict(to_dict(model.cfg), **ignored):
         raise ValueError(f"--init-from {path}: its model config differs from this run's")
     try:
-        model.load_own_state_dict(start_model.own_state_dict(), allow_missing=("feedback.",))
+        model.load_own_state_dict(start_model.own_state_dict(), allow_missing=tuple(FINE_TUNE_ADDITIONS.values()))
     except ValueError as exc:
         raise ValueError(f"--init-from {path}: {exc}") from None
     log.info("initialised from %s (step %s)", path, meta.get("step"))
