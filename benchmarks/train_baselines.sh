@@ -2,9 +2,9 @@
 # Train the baselines of `kolmotok bench` with the shipped KARL checkpoint's stage-2 recipe:
 # each starts from the same stage-1 weights (benchmarks/checkpoints/tiny-stage1) and trains the
 # same number of steps on the same data, with its own objective (preset tiny-<method>).
-# STEPS (default 1000, stage 2 of the shipped model); STEPS=6000 matches all of the shipped
-# model's fine-tuning after stage 1 (stages 2-5, weights/tiny/MODEL_CARD.md), ~2 h per
-# baseline on 2 CPU cores.
+# STEPS (default 1000, stage 2 of the shipped model); STEPS=4000 matches all of the shipped
+# model's fine-tuning after stage 1 (stages 2-4, weights/tiny/MODEL_CARD.md) and takes four
+# times as long (~30-60 min per baseline on 2 CPU cores).
 # One command per baseline; usage: [STEPS=N] benchmarks/train_baselines.sh [OUTROOT] [METHOD...]
 set -euo pipefail
 root=${1:-runs/baselines}; shift || true
