@@ -4,7 +4,7 @@
 # same number of steps on the same data, with its own objective (preset tiny-<method>).
 # STEPS (default 1000, stage 2 of the shipped model); STEPS=4000 matches all of the shipped
 # model's fine-tuning after stage 1 (stages 2-4, weights/tiny/MODEL_CARD.md) and takes four
-# times as long (~30-60 min per baseline on 2 CPU cores).
+# times as long (~30-75 min per baseline on 2 CPU cores).
 # One command per baseline; usage: [STEPS=N] benchmarks/train_baselines.sh [OUTROOT] [METHOD...]
 set -euo pipefail
 root=${1:-runs/baselines}; shift || true
