@@ -17,7 +17,7 @@ def test_photo_splits_are_disjoint():
 
 
 def test_sources_are_deterministic_and_in_range():
-    for spec in ("photos", "photos:test", "shapes", "photos@3+shapes"):
+    for spec in ("photos", "photos:test", "shapes", "shapes:gradient", "photos@3+shapes+shapes:flat@0.5"):
         src = make_source(spec, 32)
         a = src.sample(6, torch.Generator().manual_seed(3))
         b = src.sample(6, torch.Generator().manual_seed(3))
@@ -33,8 +33,15 @@ def test_shapes_complexity_labels():
     assert (labels <= NOISE_COMPLEXITY).all()
 
 
+def test_shapes_of_one_kind():
+    grads = eval_set("shapes:gradient", 32, num_images=16)
+    assert grads.labels is not None and (grads.labels == 1).all()
+    noise = make_source("shapes:noise", 32).sample(4, torch.Generator().manual_seed(0))
+    assert noise.flatten(1).std(-1).min() > 0.2
+
+
 def test_bad_specs():
-    for spec in ("nope", "photos:nosuchsplit", "folder:", "photos@x"):
+    for spec in ("nope", "photos:nosuchsplit", "folder:", "photos@x", "shapes:triangles"):
         with pytest.raises(ValueError):
             make_source(spec, 32)
 

@@ -1,7 +1,8 @@
 """Built-in and user data, addressed by a spec string.
 
 * ``photos`` / ``photos:train`` / ``photos:calib`` / ``photos:test``: crops of scikit-image's photographs
-* ``shapes``: procedural images of known complexity (:mod:`kolmotok.data.shapes`)
+* ``shapes`` / ``shapes:KIND``: procedural images of known complexity, all kinds or one
+  (:mod:`kolmotok.data.shapes`)
 * ``folder:PATH``: every image file under PATH, read lazily (see :mod:`kolmotok.data.images` for the
   resize rule and :mod:`kolmotok.data.augment` for training views)
 * ``wds:PATTERN``: WebDataset tar shards, streamed (``/data/train-{000000..000146}.tar``)
@@ -88,7 +89,7 @@ def _single(spec: str, image_size: int) -> Source:
     if kind == "photos":
         return PhotoCrops(arg or "train", image_size)
     if kind == "shapes":
-        return Shapes(image_size)
+        return Shapes(image_size, arg or None)
     if kind == "folder":
         if not arg:
             raise ValueError("folder: needs a path, e.g. folder:/data/images")
@@ -99,7 +100,7 @@ def _single(spec: str, image_size: int) -> Source:
         from .webdataset_source import WebDatasetImages
 
         return WebDatasetImages(arg, image_size)
-    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes, folder:PATH, wds:PATTERN or A@w+B@v")
+    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes[:kind], folder:PATH, wds:PATTERN or A@w+B@v")
 
 
 def make_source(spec: str, image_size: int) -> Source:
@@ -133,8 +134,8 @@ class EvalSet:
 def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234) -> EvalSet:
     """A fixed, seeded evaluation set for ``spec`` (a folder gives all of its images)."""
     g = torch.Generator().manual_seed(seed)
-    if spec == "shapes":
-        images, labels = shapes_mod.draw(num_images, image_size, g)
+    if spec == "shapes" or spec.startswith("shapes:"):
+        images, labels = shapes_mod.draw(num_images, image_size, g, spec.partition(":")[2] or None)
         return EvalSet(spec, images, labels)
     if spec.startswith("folder:"):
         loaded = load_images(list_images(spec.partition(":")[2]), image_size)

@@ -8,6 +8,8 @@ Kinds and their ground-truth complexity (an integer that orders them):
 * ``noise``      i.i.d. uniform pixels                   -> NOISE_COMPLEXITY (the maximum)
 
 Everything is drawn from the ``torch.Generator`` passed in, so a seed fixes the images.
+The data spec ``shapes:KIND`` (for example ``shapes:gradient``) draws one kind only, to weight a
+kind up in a training mixture (``photos@3+shapes@1+shapes:gradient@0.5``) or to evaluate it alone.
 """
 
 from __future__ import annotations
@@ -51,22 +53,32 @@ def render(kind: str, size: int, g: torch.Generator, k: int = 0) -> torch.Tensor
     raise ValueError(f"unknown shapes kind {kind!r}; known: {KINDS}")
 
 
-def draw(n: int, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n random shapes images (n, 3, S, S) and their complexities (n,) long."""
+def _kind_probs(kind: str | None) -> torch.Tensor:
+    if kind is None:
+        return KIND_PROBS
+    if kind not in KINDS:
+        raise ValueError(f"shapes:{kind}: unknown kind; known: {', '.join(KINDS)}")
+    return torch.tensor([float(k == kind) for k in KINDS])
+
+
+def draw(n: int, size: int, g: torch.Generator, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random shapes images (n, 3, S, S) and their complexities (n,) long; all of one ``kind``
+    if given, else the kinds drawn with ``KIND_PROBS``."""
+    probs = _kind_probs(kind)
     images, complexity = torch.empty(n, 3, size, size), torch.empty(n, dtype=torch.long)
     for i in range(n):
-        kind = KINDS[int(torch.multinomial(KIND_PROBS, 1, generator=g))]
-        k = int(torch.randint(1, MAX_PRIMITIVES + 1, (1,), generator=g)) if kind == "primitives" else 0
-        images[i] = render(kind, size, g, k)
-        complexity[i] = {"flat": 0, "gradient": 1, "primitives": 1 + k, "noise": NOISE_COMPLEXITY}[kind]
+        kind_i = KINDS[int(torch.multinomial(probs, 1, generator=g))]
+        k = int(torch.randint(1, MAX_PRIMITIVES + 1, (1,), generator=g)) if kind_i == "primitives" else 0
+        images[i] = render(kind_i, size, g, k)
+        complexity[i] = {"flat": 0, "gradient": 1, "primitives": 1 + k, "noise": NOISE_COMPLEXITY}[kind_i]
     return images, complexity
 
 
 class Shapes:
-    name = "shapes"
-
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
+    def __init__(self, image_size: int, kind: str | None = None) -> None:
+        _kind_probs(kind)  # validates
+        self.image_size, self.kind = image_size, kind
+        self.name = "shapes" if kind is None else f"shapes:{kind}"
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return draw(n, self.image_size, generator)[0]
+        return draw(n, self.image_size, generator, self.kind)[0]
