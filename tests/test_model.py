@@ -73,7 +73,8 @@ def test_direct_epsilon_term_makes_halting_monotone_in_epsilon(images):
         logits = {e: model.encode(images, torch.full((B,), e), T).halt_logits for e in (0.01, 0.05, 0.2)}
     gain = torch.nn.functional.softplus(model.halt_eps_gain)
     assert gain.item() == pytest.approx(3.0, rel=1e-5)
-    assert torch.allclose(logits[0.2] - logits[0.05], gain * torch.log(torch.tensor(0.2 / 0.05)).expand(B, T), atol=1e-4)
+    expected = gain * torch.log(torch.tensor(0.2 / 0.05)).expand(B, T)
+    assert torch.allclose(logits[0.2] - logits[0.05], expected, atol=1e-4)
     lengths = [model.halt(logits[e], torch.full((B,), e)) for e in (0.01, 0.05, 0.2)]
     assert (lengths[0] >= lengths[1]).all() and (lengths[1] >= lengths[2]).all()
     assert lengths[0].sum() > lengths[2].sum(), "a 20x looser target must halt earlier somewhere"

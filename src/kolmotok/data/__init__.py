@@ -100,7 +100,8 @@ def _single(spec: str, image_size: int) -> Source:
         from .webdataset_source import WebDatasetImages
 
         return WebDatasetImages(arg, image_size)
-    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes[:kind], folder:PATH, wds:PATTERN or A@w+B@v")
+    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes[:kind], folder:PATH, "
+                     "wds:PATTERN or A@w+B@v")
 
 
 def make_source(spec: str, image_size: int) -> Source:

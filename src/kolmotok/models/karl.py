@@ -24,7 +24,6 @@ from .base_ae import BaseAutoencoder
 from .blocks import EpsilonEmbedding, PixelHead, PixelStem, Transformer
 from .quantizers import Quantized, build_quantizer
 
-
 EPS_REFERENCE = 0.05  # where the direct eps term of the halting logits is zero
 
 
