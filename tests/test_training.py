@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_TEST, small_config
 from kolmotok.checkpoint import list_checkpoints
+from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.training import KARLObjective, train
 
 
@@ -147,8 +148,60 @@ def test_bad_objective_settings_are_clear(tmp_path):
         train(small_config("objective.kind=recurrent"), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="objective.kind"):
         train(small_config("objective.kind=magic"), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="gap_target_prob"):
+        train(small_config("objective.gap_target_prob=1.5"), tmp_path / "d", progress=False)
 
 
+def test_halting_labels_censor_what_a_target_does_not_tell():
+    from kolmotok.training.objective import halting_labels
+
+    no, yes = torch.tensor([False]), torch.tensor([True])
+    # plain: label length 3 of T = 5 -> keep positions 0..2, halt from 3
+    label, weight = halting_labels(torch.tensor([3]), 5, 2, no, no, no, 8)
+    assert label[0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1] and weight.eq(1).all()
+    # gap target between eps_T (T = 5) and eps_T' (T' = 2): more than 2 tokens, 5 are enough
+    label, weight = halting_labels(torch.tensor([5]), 5, 2, no, no, yes, 8)
+    assert label[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert weight[0].tolist() == [1, 1, 1, 0, 0, 1, 1, 1]
+    # stricter: nothing past T; looser: nothing before T
+    assert halting_labels(torch.tensor([5]), 5, 2, yes, no, no, 8)[1][0].tolist() == [1] * 5 + [0] * 3
+    assert halting_labels(torch.tensor([5]), 5, 2, no, yes, no, 8)[1][0].tolist() == [0] * 5 + [1] * 3
+
+
+def test_gap_targets_fall_between_the_two_measured_errors(model):
+    cfg = small_config("objective.gap_target_prob=1.0", "objective.stricter_target_prob=0").objective
+    objective, images = KARLObjective(cfg), torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    seen, encode = [], model.encode
+
+    def recording_encode(x, eps, budget):
+        seen.append((eps.clone(), budget))
+        return encode(x, eps, budget)
+
+    model.encode = recording_encode
+    g = torch.Generator().manual_seed(0)
+    while True:  # a draw with a shorter prefix (T > 1)
+        seen.clear()
+        state = g.get_state()
+        out = objective(model, images, g)
+        if seen[0][1] > 1:
+            break
+    assert torch.isfinite(torch.tensor(out.metrics["loss"]))
+    # replay the phase-1 errors with the same draws: T, then T'
+    g.set_state(state)
+    from kolmotok.training.objective import sample_budget
+
+    T = sample_budget(model.cfg.max_tokens, cfg.full_budget_prob, g)
+    short = int(torch.randint(1, T, (1,), generator=g))
+    with torch.no_grad():
+        vec = model.quantize(encode(images, torch.zeros(8), T)).vectors
+        err = l1_per_image(model.decode(vec, torch.full((8,), T)), images)
+        err_short = l1_per_image(model.decode(vec, torch.full((8,), short)), images)
+    target = seen[1][0]
+    gap = err_short > err * (1 + cfg.shorter_prefix_tolerance)
+    assert gap.any()
+    lo, hi = err.clamp(min=model.cfg.epsilon_floor), err_short.clamp(min=model.cfg.epsilon_floor)
+    assert ((target[gap] >= lo[gap] * 0.999) & (target[gap] <= hi[gap] * 1.001)).all()
+    torch.testing.assert_close(target[~gap], lo[~gap])
 def test_mixed_precision_and_gradient_accumulation(tmp_path):
     # bf16 autocast runs on CPU too; the quantizer and the loss stay fp32
     cfg = small_config("train.steps=2", "train.data=shapes", "train.precision=bf16", "train.grad_accum=2")

@@ -103,6 +103,7 @@ class ObjectiveConfig:
     looser_target_max: float = 8.0  # ... by a factor drawn log-uniformly from (1, this]
     mse_weight: float = 0.0  # optional squared-error term beside l1
     shorter_prefix_tolerance: float = 0.02  # a shorter prefix is the label if its l1 <= eps_T * (1 + this); <0 off
+    gap_target_prob: float = 0.0  # share of phase-2 images conditioned between eps_T and a shorter prefix's l1
 
 
 @dataclass
@@ -267,6 +268,9 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"objective.fixed_length must be in 1..{cfg.model.max_tokens}, got {o.fixed_length}")
     if o.kind == "recurrent" and not cfg.model.recurrent_step:
         raise ValueError("objective.kind 'recurrent' needs model.recurrent_step > 0")
+    for name in ("full_budget_prob", "stricter_target_prob", "looser_target_prob", "gap_target_prob"):
+        if not 0 <= getattr(o, name) <= 1:
+            raise ValueError(f"objective.{name} must be in [0, 1], got {getattr(o, name)}")
 
 
 def get_preset(name: str) -> RunConfig:

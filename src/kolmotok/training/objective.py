@@ -19,7 +19,13 @@ token) is taught "T tokens" for a random T, and keeps far more tokens than it ne
 *Stricter* (and optionally *looser*) *targets*: a share of phase-2 images is conditioned on
 a target below eps_T. For them only "at least T tokens" is known, so tokens past T get
 no halting label (censored). With T = T_max it teaches "an unreachable target keeps
-every token", which is what makes pure noise use the whole budget.
+every token", which is what makes pure noise use the whole budget. *Gap targets*
+(``gap_target_prob``): where the shorter prefix T' is clearly worse than T, a share of images is
+conditioned on a target drawn log-uniformly between eps_T and eps_T'; then T' tokens are
+known to be too few and T enough, and the positions in between get no label. Without them a
+target is always some image's achieved error, and an image whose error jumps between two
+lengths (a linear gradient: one and two tokens give the same l1, three give half of it) is
+never shown a target inside the jump.
 """
 
 from __future__ import annotations
@@ -106,19 +112,34 @@ class RecurrentObjective(Objective):
                                                                    device=images.device))
 
 
+def halting_labels(label_len: torch.Tensor, T: int, short: int, stricter: torch.Tensor, looser: torch.Tensor,
+                   gap: torch.Tensor, T_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T_max) halt labels (1 = halt) and their weights (0 = no label).
+
+    Position p halted means a length of p. Halt from ``label_len`` on. Censored positions: a
+    stricter target only says "more than T" (nothing past T); a looser one only "T is enough"
+    (nothing before T); a gap target "more than ``short``, T is enough" (nothing strictly between).
+    """
+    position = torch.arange(T_max, device=label_len.device)[None, :]
+    halt_label = (position >= label_len[:, None]).float()
+    unknown = ((stricter[:, None] & (position >= T)) | (looser[:, None] & (position < T))
+               | (gap[:, None] & (position > short) & (position < T)))
+    return halt_label, torch.where(unknown, 0.0, 1.0)
+
+
 class KARLObjective(Objective):
 
     @torch.no_grad()
-    def sufficient_prefix(self, model: KARLTokenizer, images: torch.Tensor, vectors: torch.Tensor,
-                          err: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """(B,) halting-label lengths: T, or a random shorter prefix T' whose l1 is already ~eps_T."""
+    def shorter_prefix(self, model: KARLTokenizer, images: torch.Tensor, vectors: torch.Tensor,
+                       g: torch.Generator) -> tuple[int, torch.Tensor] | None:
+        """A random shorter prefix T' < T of the phase-1 tokens and its per-image l1 (no gradient);
+        None where there is none (T = 1) or the refinement is off."""
         B, T = vectors.shape[:2]
-        full = torch.full((B,), T, device=images.device, dtype=torch.long)
         if T == 1 or self.cfg.shorter_prefix_tolerance < 0:
-            return full
+            return None
         short = int(torch.randint(1, T, (1,), generator=g))
-        err_short = l1_per_image(model.decode(vectors, torch.full_like(full, short)), images)
-        return torch.where(err_short <= err * (1 + self.cfg.shorter_prefix_tolerance), short, full)
+        lengths = torch.full((B,), short, device=images.device, dtype=torch.long)
+        return short, l1_per_image(model.decode(vectors, lengths), images)
 
     def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
         cfg, dev = self.cfg, images.device
@@ -130,24 +151,31 @@ class KARLObjective(Objective):
         vec1 = model.quantize(lat1).vectors
         rec1 = model.decode(vec1, torch.full((B,), T, device=dev))
         loss_rec1, err1 = self.reconstruction(rec1, images)
-        label_len = self.sufficient_prefix(model, images, vec1.detach(), err1.detach(), g)
+        err = err1.detach()
+        probe = self.shorter_prefix(model, images, vec1.detach(), g)
+        short, err_short = probe if probe is not None else (T, err)
+        # shortest sufficient prefix: T' is the label where it is already within tolerance of eps_T
+        sufficient = err_short <= err * (1 + cfg.shorter_prefix_tolerance)
+        label_len = torch.where(sufficient, short, T)
         bce1 = F.binary_cross_entropy_with_logits(lat1.halt_logits, torch.zeros_like(lat1.halt_logits))
 
         # Phase 2: Learn to Tokenize Complexity -- budget T_max, condition on eps_T.
-        target = err1.detach().clamp(min=model.cfg.epsilon_floor)
+        target = err.clamp(min=model.cfg.epsilon_floor)
         stricter = (torch.rand(B, generator=g) < cfg.stricter_target_prob).to(dev)
         factor = (cfg.stricter_target_min + (1 - cfg.stricter_target_min) * torch.rand(B, generator=g)).to(dev)
         target = torch.where(stricter, target * factor, target)
         looser = ~stricter & (torch.rand(B, generator=g) < cfg.looser_target_prob).to(dev)
         scale = torch.exp(torch.rand(B, generator=g) * math.log(cfg.looser_target_max)).to(dev)
         target = torch.where(looser, target * scale, target)
+        if cfg.gap_target_prob > 0:  # (no draws otherwise: runs without it keep their random stream)
+            gap = ~stricter & ~looser & ~sufficient & (torch.rand(B, generator=g) < cfg.gap_target_prob).to(dev)
+            u = torch.rand(B, generator=g).to(dev)
+            between = torch.exp(torch.lerp(target.log(), err_short.clamp(min=model.cfg.epsilon_floor).log(), u))
+            target = torch.where(gap, between, target)
+        else:
+            gap = torch.zeros_like(stricter)
         lat2 = model.encode(images, target, T_max)
-        position = torch.arange(T_max, device=dev)[None, :]
-        halt_label = (position >= label_len[:, None]).float()
-        # censored labels: a stricter target only says "more than T" (no label past T); a
-        # looser one only says "T is enough" (no label before T, halt from T on)
-        label_weight = torch.where((stricter[:, None] & (position >= T)) | (looser[:, None] & (position < T)),
-                                   0.0, 1.0)
+        halt_label, label_weight = halting_labels(label_len, T, short, stricter, looser, gap, T_max)
         bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
                                                   reduction="sum") / label_weight.sum()
         lengths = model.halt(lat2.halt_logits.detach(), target)
