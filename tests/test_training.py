@@ -15,6 +15,7 @@ from conftest import TINY_TEST, small_config
 from kolmotok.checkpoint import list_checkpoints
 from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.training import KARLObjective, train
+from kolmotok.training.objective import halting_labels, sample_budget
 
 
 def _rows(run):
@@ -153,8 +154,6 @@ def test_bad_objective_settings_are_clear(tmp_path):
 
 
 def test_halting_labels_censor_what_a_target_does_not_tell():
-    from kolmotok.training.objective import halting_labels
-
     no, yes = torch.tensor([False]), torch.tensor([True])
     # plain: label length 3 of T = 5 -> keep positions 0..2, halt from 3
     label, weight = halting_labels(torch.tensor([3]), 5, 2, no, no, no, 8)
@@ -188,8 +187,6 @@ def test_gap_targets_fall_between_the_two_measured_errors(model):
     assert torch.isfinite(torch.tensor(out.metrics["loss"]))
     # replay the phase-1 errors with the same draws: T, then T'
     g.set_state(state)
-    from kolmotok.training.objective import sample_budget
-
     T = sample_budget(model.cfg.max_tokens, cfg.full_budget_prob, g)
     short = int(torch.randint(1, T, (1,), generator=g))
     with torch.no_grad():
@@ -202,6 +199,8 @@ def test_gap_targets_fall_between_the_two_measured_errors(model):
     lo, hi = err.clamp(min=model.cfg.epsilon_floor), err_short.clamp(min=model.cfg.epsilon_floor)
     assert ((target[gap] >= lo[gap] * 0.999) & (target[gap] <= hi[gap] * 1.001)).all()
     torch.testing.assert_close(target[~gap], lo[~gap])
+
+
 def test_mixed_precision_and_gradient_accumulation(tmp_path):
     # bf16 autocast runs on CPU too; the quantizer and the loss stay fp32
     cfg = small_config("train.steps=2", "train.data=shapes", "train.precision=bf16", "train.grad_accum=2")
