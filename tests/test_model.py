@@ -25,7 +25,8 @@ def test_stage_shapes(model, images):
 @pytest.mark.parametrize("linear_path", [True, False])
 def test_every_parameter_gets_a_gradient(quantizer, linear_path):
     cfg = small_config(f"model.quantizer={quantizer}", f"model.linear_path={str(linear_path).lower()}",
-                       f"model.halting_epsilon_gain={2.0 if linear_path else 0.0}")
+                       f"model.halting_epsilon_gain={2.0 if linear_path else 0.0}",
+                       f"model.halting_hidden={8 if linear_path else 0}")
     torch.manual_seed(0)
     model = KARLTokenizer(cfg.model)
     x = torch.rand(6, 3, 16, 16)
@@ -78,6 +79,38 @@ def test_direct_epsilon_term_makes_halting_monotone_in_epsilon(images):
     lengths = [model.halt(logits[e], torch.full((B,), e)) for e in (0.01, 0.05, 0.2)]
     assert (lengths[0] >= lengths[1]).all() and (lengths[1] >= lengths[2]).all()
     assert lengths[0].sum() > lengths[2].sum(), "a 20x looser target must halt earlier somewhere"
+
+
+def test_linear_path_prefix_errors_match_decoding_each_prefix(model, images):
+    lp = model.linear_path
+    vectors = lp.encode(images)[:, :8]
+    errors = lp.prefix_errors(images, vectors)
+    assert errors.shape == (len(images), 8)
+    for t in (1, 4, 8):
+        kept = torch.nn.functional.pad(vectors[:, :t], (0, 0, 0, model.cfg.max_tokens - t))
+        expected = (lp.decode(kept, images.shape[-1]).clamp(0, 1) - images).abs().mean((1, 2, 3))
+        assert torch.allclose(errors[:, t - 1], expected, atol=1e-5)
+
+
+def test_halting_mlp_reads_the_linear_path_error_curve(images):
+    cfg = small_config("model.halting_hidden=8")
+    torch.manual_seed(0)
+    model = KARLTokenizer(cfg.model)
+    model.init_linear_path(torch.rand(64, 3, 16, 16))
+    B, T, eps = len(images), 8, torch.full((len(images),), 0.05)
+    lat = model.encode(images, eps, T)
+    errors = model.linear_path.prefix_errors(images, lat.direct)
+    with torch.no_grad():
+        other = model.halting_logits(lat.latents, eps, errors * 2)
+        without_mlp = model.halt_head(lat.latents).squeeze(-1)
+    assert not torch.allclose(other, lat.halt_logits), "the error curve must reach the halting logits"
+    assert not torch.allclose(without_mlp, lat.halt_logits)
+    with pytest.raises(ValueError, match="prefix errors"):
+        model.halting_logits(lat.latents, eps)
+    with pytest.raises(ValueError, match="linear_path"):
+        small_config("model.halting_hidden=8", "model.linear_path=false").model.validate()
+    with pytest.raises(ValueError, match="halting_hidden"):
+        small_config("model.halting_hidden=-1").model.validate()
 
 
 def test_decoder_never_reads_halted_tokens(model, images):

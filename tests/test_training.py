@@ -116,9 +116,11 @@ def test_init_from_checkpoint(tmp_path):
           tmp_path / "old", progress=False)
     # switching on the direct eps halting term (a new weight) or moving the threshold (no weight) is allowed
     gained = train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "train.eval_every=0",
-                                "model.halting_epsilon_gain=2.0", "model.halting_threshold=0.5"),
+                                "model.halting_epsilon_gain=2.0", "model.halting_threshold=0.5",
+                                "model.halting_hidden=8"),
                    tmp_path / "gained", progress=False)
-    assert "halt_eps_gain" in load_file(str(gained / "model.safetensors"))
+    weights = load_file(str(gained / "model.safetensors"))
+    assert "halt_eps_gain" in weights and "halt_mlp.0.weight" in weights
     with pytest.raises(ValueError, match="unexpected"):  # ... but not dropping a trained one
         train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={gained}", "train.eval_every=0"),
               tmp_path / "dropped", progress=False)

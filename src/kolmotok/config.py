@@ -38,6 +38,9 @@ class ModelConfig:
     # > 0: each halting logit also gets a learned positive multiple of log(eps / 0.05), started at
     # this value, so halting is monotone in eps beyond what the eps-token teaches (docs/DESIGN.md §4)
     halting_epsilon_gain: float = 0.0
+    # > 0: width of a small MLP added to the halting head; it reads each latent together with
+    # log(e_t / eps), e_t the l1 error of the linear path's first t tokens (docs/DESIGN.md §4)
+    halting_hidden: int = 0
     epsilon_floor: float = 1e-3  # eps values are clamped here before log-embedding
     recurrent_step: int = 0  # > 0: ALIT-style recurrent baseline adding this many tokens per rollout
     base_autoencoder: str = ""  # local diffusers AutoencoderKL/VQModel dir: tokenize its latent grid
@@ -79,6 +82,10 @@ class ModelConfig:
             raise ValueError(f"halting_threshold must be in (0, 1), got {self.halting_threshold}")
         if self.halting_epsilon_gain < 0:
             raise ValueError(f"halting_epsilon_gain must be >= 0, got {self.halting_epsilon_gain}")
+        if self.halting_hidden < 0:
+            raise ValueError(f"halting_hidden must be >= 0, got {self.halting_hidden}")
+        if self.halting_hidden and not self.linear_path:
+            raise ValueError("model.halting_hidden reads the linear path's errors: it needs model.linear_path=true")
 
 
 OBJECTIVES = ("karl", "fixed", "prefix", "recurrent")

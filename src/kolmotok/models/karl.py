@@ -74,6 +74,17 @@ class LinearPath(nn.Module):
         return base if size == r else F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
+    def prefix_errors(self, images: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) token vectors -> (B, T) mean l1 of this path's reconstruction (clamped to
+        [0, 1]) from the first t tokens, t = 1..T, against the image at this path's resolution.
+        One matrix product per token (tokens are added up in order), no decoder pass."""
+        T, d = vectors.shape[1:]
+        weight = self.dec_weight.view(-1, self.max_tokens, self.code_dim)[:, :T]  # (P, T, d)
+        partial = torch.einsum("btd,ptd->btp", vectors.float(), weight.float()).cumsum(1)  # (B, T, P)
+        recon = (partial + self.dec_bias.float()).clamp(0.0, 1.0)
+        return (recon - self._small(images.float())[:, None]).abs().mean(-1)
+
+    @torch.no_grad()
     def init_pca(self, images: torch.Tensor, quantizer: nn.Module) -> None:
         """Encoder <- whitened top principal components; decoder <- least-squares read-out of
         the *quantized* codes (so FSQ rounding is accounted for). images: (N, 3, H, W)."""
@@ -141,6 +152,9 @@ class KARLTokenizer(nn.Module):
         # optional direct eps path into the halting logits (see halting_logits)
         self.halt_eps_gain = (nn.Parameter(torch.tensor(math.log(math.expm1(cfg.halting_epsilon_gain))))
                               if cfg.halting_epsilon_gain else None)
+        # optional MLP over [latent, log(e_t / eps), log(eps / EPS_REFERENCE)] (see halting_logits)
+        self.halt_mlp = (nn.Sequential(nn.Linear(D + 2, cfg.halting_hidden), nn.GELU(), nn.Linear(cfg.halting_hidden, 1))
+                         if cfg.halting_hidden else None)
         self.to_token = nn.Linear(D, cfg.code_dim)
         self.quantizer = build_quantizer(cfg.quantizer, cfg.fsq_levels)
         # decoder: [mask tokens for every grid position, kept latent tokens + index embedding]
@@ -199,9 +213,11 @@ class KARLTokenizer(nn.Module):
         x = self.encoder(torch.cat([eps, grid, latents], dim=1))
         out = x[:, -num_tokens:]  # (B, T, D)
         direct = None if self.linear_path is None else self.linear_path.encode(images)[:, :num_tokens]
-        return Latents(out, self.halting_logits(out, epsilon), direct)
+        linear_errors = None if self.halt_mlp is None else self.linear_path.prefix_errors(images, direct)
+        return Latents(out, self.halting_logits(out, epsilon, linear_errors), direct)
 
-    def halting_logits(self, latents: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
+    def halting_logits(self, latents: torch.Tensor, epsilon: torch.Tensor,
+                       linear_errors: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D), (B,) -> (B, T) logits of P(halt).
 
         KARL's head reads eps only through the eps-token's effect on each latent. With
@@ -209,11 +225,24 @@ class KARLTokenizer(nn.Module):
         learned: a looser target can only make halting more likely, and targets outside the
         range seen in training (a flat image asked for 0.05 after being trained on its own
         0.005) extrapolate in the right direction.
+
+        With ``halting_hidden`` an MLP adds a term read from each latent together with
+        log(e_t / eps), where ``linear_errors`` e_t (B, T) is the linear path's l1 error with the
+        first t tokens (:meth:`LinearPath.prefix_errors`): the error curve of the part of the
+        model that carries most of the reconstruction, which the latents alone describe only
+        roughly. It is computed inside the encoder pass, without decoding.
         """
         logits = self.halt_head(latents).squeeze(-1)
+        shift = self.eps_embed.log_epsilon(epsilon) - math.log(EPS_REFERENCE)  # (B,)
         if self.halt_eps_gain is not None:
-            shift = self.eps_embed.log_epsilon(epsilon) - math.log(EPS_REFERENCE)
             logits = logits + F.softplus(self.halt_eps_gain) * shift[:, None].to(logits.dtype)
+        if self.halt_mlp is not None:
+            if linear_errors is None:
+                raise ValueError("this model's halting head needs the linear path's prefix errors")
+            log_eps = self.eps_embed.log_epsilon(epsilon)[:, None]  # (B, 1)
+            ratio = linear_errors.clamp(min=1e-6).log() - log_eps  # (B, T)
+            features = torch.stack([ratio, shift[:, None].expand_as(ratio)], -1).to(latents.dtype)
+            logits = logits + self.halt_mlp(torch.cat([latents, features], -1)).squeeze(-1)
         return logits
 
     def halt(self, halt_logits: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:

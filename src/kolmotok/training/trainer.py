@@ -107,7 +107,8 @@ def held_out_l1(model: KARLTokenizer, cfg: RunConfig, images: torch.Tensor, leng
 
 # model fields a fine-tune may switch on, and the weights (name prefixes) they add: the recurrent
 # baseline's feedback layer, the direct eps term of the halting logits
-FINE_TUNE_ADDITIONS = {"recurrent_step": "feedback.", "halting_epsilon_gain": "halt_eps_gain"}
+FINE_TUNE_ADDITIONS = {"recurrent_step": "feedback.", "halting_epsilon_gain": "halt_eps_gain",
+                       "halting_hidden": "halt_mlp."}
 
 
 def init_weights(model: KARLTokenizer, path: str) -> None:
