@@ -97,8 +97,8 @@ def test_halting_mlp_reads_the_linear_path_error_curve(images):
     torch.manual_seed(0)
     model = KARLTokenizer(cfg.model)
     model.init_linear_path(torch.rand(64, 3, 16, 16))
-    B, T, eps = len(images), 8, torch.full((len(images),), 0.05)
-    lat = model.encode(images, eps, T)
+    eps = torch.full((len(images),), 0.05)
+    lat = model.encode(images, eps, 8)
     errors = model.linear_path.prefix_errors(images, lat.direct)
     with torch.no_grad():
         other = model.halting_logits(lat.latents, eps, errors * 2)

@@ -153,8 +153,8 @@ class KARLTokenizer(nn.Module):
         self.halt_eps_gain = (nn.Parameter(torch.tensor(math.log(math.expm1(cfg.halting_epsilon_gain))))
                               if cfg.halting_epsilon_gain else None)
         # optional MLP over [latent, log(e_t / eps), log(eps / EPS_REFERENCE)] (see halting_logits)
-        self.halt_mlp = (nn.Sequential(nn.Linear(D + 2, cfg.halting_hidden), nn.GELU(), nn.Linear(cfg.halting_hidden, 1))
-                         if cfg.halting_hidden else None)
+        H = cfg.halting_hidden
+        self.halt_mlp = nn.Sequential(nn.Linear(D + 2, H), nn.GELU(), nn.Linear(H, 1)) if H else None
         self.to_token = nn.Linear(D, cfg.code_dim)
         self.quantizer = build_quantizer(cfg.quantizer, cfg.fsq_levels)
         # decoder: [mask tokens for every grid position, kept latent tokens + index embedding]
