@@ -40,6 +40,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_halting(args: argparse.Namespace) -> int:
+    from .api import shipped_checkpoint
+    from .training.halting_fit import HaltingFitConfig, fit_halting
+
+    cfg = HaltingFitConfig()
+    for key in ("data", "images", "steps", "seed", "hidden"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg, key, value)
+    ckpt = args.ckpt or shipped_checkpoint()
+    out = fit_halting(ckpt, args.out, cfg, device=args.device or "cpu", progress=not args.no_progress)
+    print(f"checkpoint: {out}\n(its halting changed: run `kolmotok calibrate --ckpt {out}` before using guarantees)")
+    return 0
+
+
 def _load(args: argparse.Namespace):
     from .api import load
 
@@ -202,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     def add_ckpt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--ckpt", help="checkpoint or run directory (default: the shipped tiny checkpoint)")
         sp.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+
+    f = sub.add_parser("fit-halting", help="refit a trained model's halting head to exact labels (backbone frozen)")
+    add_ckpt(f)
+    f.add_argument("--out", required=True, help="directory for the new checkpoint")
+    f.add_argument("--data", help="training data spec (default photos@3+shapes; never calib or test photos)")
+    f.add_argument("--images", type=int, help="training images whose error curves are measured (default 3072)")
+    f.add_argument("--steps", type=int, help="optimizer steps (default 3000)")
+    f.add_argument("--seed", type=int, help="default 0")
+    f.add_argument("--hidden", type=int, help="width of the halting MLP added to a model without one (default 64)")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_fit_halting)
 
     e = sub.add_parser("eval", help="tokens, error and quality per eps on an evaluation set")
     add_ckpt(e)

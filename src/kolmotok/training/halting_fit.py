@@ -1,0 +1,177 @@
+"""Refit a trained KARL model's halting head to exact labels, with the backbone frozen.
+
+KARL's phase 2 labels an image with one point of its error curve per step: the error eps_T
+that one random budget T reached (plus our shortest-sufficient-prefix probe). Once a model is
+trained, the whole curve of a training image can be measured instead: decode every prefix of
+its eps = 0 tokens. For any target eps the exact label is then known -- the shortest prefix
+whose error is within eps, or "every token" where none is. This stage does that for a fixed
+set of training images and fits only the halting parameters (``halt_head``,
+``halt_eps_gain``, ``halt_mlp``) to those labels for targets drawn log-uniformly over
+``epsilon_range``; the encoder, decoder and tokens do not change, so reconstructions at any
+length are exactly the input model's. Inference stays one encoder pass and one decoder pass.
+
+Stages: :func:`prefix_error_curves` -> :func:`collect_features` -> :func:`fit_head`;
+:func:`fit_halting` runs them and writes the checkpoint. docs/DESIGN.md §4 has the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_model, save_checkpoint
+from ..config import to_dict
+from ..data import make_source
+from ..evaluation.metrics import l1_per_image
+from ..models import KARLTokenizer
+
+HALTING_PREFIXES = ("halt_head.", "halt_eps_gain", "halt_mlp.")
+
+
+@dataclass
+class HaltingFitConfig:
+    data: str = "photos@3+shapes"  # training data only: never the calib or test photographs
+    images: int = 3072  # training images whose error curves are measured
+    targets_per_image: int = 6  # targets eps drawn per image
+    epsilon_min: float = 0.005  # targets are log-uniform in [epsilon_min, epsilon_max]
+    epsilon_max: float = 0.25
+    steps: int = 3000
+    batch_size: int = 512  # (image, target) pairs per step
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    hidden: int = 64  # width of the halting MLP added to a model that has none (needs its linear path)
+    seed: int = 0
+    inference_batch: int = 256
+
+    def validate(self) -> None:
+        if not 0 < self.epsilon_min < self.epsilon_max:
+            raise ValueError(f"need 0 < epsilon_min < epsilon_max, got {self.epsilon_min}, {self.epsilon_max}")
+        for name in ("images", "targets_per_image", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@torch.no_grad()
+def prefix_error_curves(model: KARLTokenizer, images: torch.Tensor, batch: int = 256,
+                        progress: bool = False) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, T_max): l1 of the reconstruction from the first t of the eps = 0 tokens."""
+    T, curves = model.cfg.max_tokens, []
+    for start in tqdm(range(0, len(images), batch), desc="error curves", disable=not progress):
+        x = images[start:start + batch]
+        vectors = model.quantize(model.encode(x, torch.zeros(len(x), device=x.device), T)).vectors
+        curves.append(torch.stack([l1_per_image(model.decode(vectors, torch.full((len(x),), t, device=x.device))
+                                                .clamp(0.0, 1.0), x) for t in range(1, T + 1)], 1).cpu())
+    return torch.cat(curves)
+
+
+def shortest_sufficient(curves: torch.Tensor, epsilon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) error curves, (N,) targets -> (lengths, reachable): the shortest prefix within eps,
+    or T where no prefix is (reachable False)."""
+    T = curves.shape[1]
+    ok = curves <= epsilon[:, None]
+    lengths = torch.where(ok, torch.arange(1, T + 1), T).min(1).values
+    return lengths, ok.any(1)
+
+
+def exact_halting_labels(lengths: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) lengths -> (N, T) halt labels (halt from ``length`` on; none halt when the length is
+    T, which also covers unreachable targets) and weights (position 0 never halts: no label)."""
+    position = torch.arange(T)[None, :]
+    labels = ((position >= lengths[:, None]) & (lengths[:, None] < T)).float()
+    weights = torch.ones_like(labels)
+    weights[:, 0] = 0.0
+    return labels, weights
+
+
+@torch.no_grad()
+def collect_features(model: KARLTokenizer, images: torch.Tensor, epsilon: torch.Tensor, batch: int = 256,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frozen-encoder inputs of the halting head for each (image, eps) pair: latents (N, T, D)
+    in half precision and the linear path's prefix errors (N, T) (None without a linear path)."""
+    T, latents, errors = model.cfg.max_tokens, [], []
+    for start in tqdm(range(0, len(images), batch), desc="features", disable=not progress):
+        x, e = images[start:start + batch], epsilon[start:start + batch]
+        lat = model.encode(x, e, T)
+        latents.append(lat.latents.half().cpu())
+        if model.linear_path is not None:
+            errors.append(model.linear_path.prefix_errors(x, lat.direct).cpu())
+    return torch.cat(latents), (torch.cat(errors) if errors else None)
+
+
+def halting_parameters(model: KARLTokenizer) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if n.startswith(HALTING_PREFIXES)]
+
+
+def fit_head(model: KARLTokenizer, latents: torch.Tensor, linear_errors: torch.Tensor | None,
+             epsilon: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, cfg: HaltingFitConfig,
+             progress: bool = False) -> list[float]:
+    """Fit the halting parameters by weighted BCE; every other weight stays as it is.
+    Returns the loss every 100 steps."""
+    params = halting_parameters(model)
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith(HALTING_PREFIXES))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    g = torch.Generator().manual_seed(cfg.seed)
+    dev, history = next(model.parameters()).device, []
+    bar = tqdm(range(cfg.steps), desc="fit halting", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
+        errs = None if linear_errors is None else linear_errors[idx].to(dev)
+        logits = model.halting_logits(latents[idx].to(dev).float(), epsilon[idx].to(dev), errs)
+        w = weights[idx].to(dev)
+        loss = (F.binary_cross_entropy_with_logits(logits, labels[idx].to(dev), reduction="none") * w).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            history.append(loss.item())
+            bar.set_postfix(bce=f"{loss.item():.4f}")
+    for n, p in model.named_parameters():
+        p.requires_grad_(frozen[n])
+    return history
+
+
+def with_halting_mlp(model: KARLTokenizer, hidden: int, seed: int) -> KARLTokenizer:
+    """The same model with a freshly initialised halting MLP when it has none (and a linear path)."""
+    if model.halt_mlp is not None or model.linear_path is None or hidden <= 0:
+        return model
+    torch.manual_seed(seed)
+    grown = KARLTokenizer(replace(model.cfg, halting_hidden=hidden))
+    grown.load_own_state_dict(model.own_state_dict(), allow_missing=("halt_mlp.",))
+    return grown.to(next(model.parameters()).device)
+
+
+def fit_halting(ckpt: str | Path, out: str | Path, cfg: HaltingFitConfig | None = None,
+                device: str | torch.device = "cpu", progress: bool = True) -> Path:
+    """Load ``ckpt``, refit its halting head on training data, write the result to ``out``."""
+    cfg = cfg or HaltingFitConfig()
+    cfg.validate()
+    start = time.time()
+    model, meta = load_model(ckpt, device)
+    model = with_halting_mlp(model, cfg.hidden, cfg.seed).eval()
+    g = torch.Generator().manual_seed(cfg.seed)
+    images = make_source(cfg.data, model.cfg.image_size).sample(cfg.images, g).to(device)
+    curves = prefix_error_curves(model, images, cfg.inference_batch, progress)
+    K = cfg.targets_per_image
+    lo, hi = math.log(cfg.epsilon_min), math.log(cfg.epsilon_max)
+    epsilon = torch.exp(lo + (hi - lo) * torch.rand(len(images) * K, generator=g))
+    pairs = torch.arange(len(images)).repeat(K)
+    lengths, _ = shortest_sufficient(curves[pairs], epsilon)
+    labels, weights = exact_halting_labels(lengths, model.cfg.max_tokens)
+    latents, linear_errors = collect_features(model, images[pairs], epsilon.to(device), cfg.inference_batch,
+                                              progress)
+    history = fit_head(model, latents, linear_errors, epsilon, labels, weights, cfg, progress)
+    meta = dict(meta)
+    meta["model"] = to_dict(model.cfg)
+    meta["halting_fit"] = {"from": str(ckpt), "config": asdict(cfg), "bce_first": history[0],
+                           "bce_last": history[-1], "seconds": round(time.time() - start, 1)}
+    return save_checkpoint(Path(out), model, meta)
