@@ -77,12 +77,17 @@ class LinearPath(nn.Module):
     def prefix_errors(self, images: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """(B, T, d) token vectors -> (B, T) mean l1 of this path's reconstruction (clamped to
         [0, 1]) from the first t tokens, t = 1..T, against the image at this path's resolution.
-        One matrix product per token (tokens are added up in order), no decoder pass."""
-        T, d = vectors.shape[1:]
-        weight = self.dec_weight.view(-1, self.max_tokens, self.code_dim)[:, :T]  # (P, T, d)
-        partial = torch.einsum("btd,ptd->btp", vectors.float(), weight.float()).cumsum(1)  # (B, T, P)
-        recon = (partial + self.dec_bias.float()).clamp(0.0, 1.0)
-        return (recon - self._small(images.float())[:, None]).abs().mean(-1)
+        The tokens are added in order, one small matrix product each; no decoder pass."""
+        T = vectors.shape[1]
+        weight = self.dec_weight.view(-1, self.max_tokens, self.code_dim)[:, :T]
+        weight = weight.permute(1, 2, 0).float().contiguous()  # (T, d, P)
+        target = self._small(images.float())
+        recon = self.dec_bias.float().expand_as(target)
+        errors = []
+        for t in range(T):  # a loop keeps the working set at (B, P): 3x faster on CPU than one (B, T, P) tensor
+            recon = torch.addmm(recon, vectors[:, t].float(), weight[t])  # (out of place: FLOP counters see it)
+            errors.append((recon.clamp(0.0, 1.0) - target).abs().mean(-1))
+        return torch.stack(errors, 1)
 
     @torch.no_grad()
     def init_pca(self, images: torch.Tensor, quantizer: nn.Module) -> None:
