@@ -49,6 +49,9 @@ def cmd_fit_halting(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
+    if any(split in cfg.data for split in ("photos:test", "photos:calib")):
+        log.warning("fitting the halting head on %s: the test and calibration photographs should stay unseen",
+                    cfg.data)
     ckpt = args.ckpt or shipped_checkpoint()
     out = fit_halting(ckpt, args.out, cfg, device=args.device or "cpu", progress=not args.no_progress)
     print(f"checkpoint: {out}\n(its halting changed: run `kolmotok calibrate --ckpt {out}` before using guarantees)")
