@@ -1,16 +1,21 @@
 """Encode / decode throughput and peak memory of a tokenizer, plus training speed per preset.
 
     python benchmarks/throughput.py [--ckpt DIR] [--device cpu] [--batch 64] [--threads 2]
+    python benchmarks/throughput.py --compare OTHER_DIR --train-steps 0
 
 Prints images/s for one encoder pass and one decoder pass (eps = 0.05), the peak
 resident memory of the process (CPU) or peak allocated memory (CUDA), and the
 parameter count and training seconds/step of each preset at its default batch size.
+``--compare`` also times a second checkpoint side by side: rounds alternate between the two
+models on the same images, and the medians and their ratio are printed, so drift of a shared
+machine hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 from functools import partial
 
@@ -36,6 +41,26 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def interleaved(fns: dict, rounds: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, repeats))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compare(toks: dict, x: torch.Tensor, rounds: int, repeats: int) -> None:
+    encs = {name: tok.encode(x, epsilon=0.05) for name, tok in toks.items()}
+    enc = interleaved({n: partial(t.encode, x, epsilon=0.05) for n, t in toks.items()}, rounds, repeats)
+    dec = interleaved({n: partial(t.decode, encs[n]) for n, t in toks.items()}, rounds, repeats)
+    print(f"\nside by side: median of {rounds} alternating rounds of {repeats} calls, batch {len(x)}")
+    for name in toks:
+        print(f"  {name:32} encode {1e3 * enc[name]:7.1f} ms   decode {1e3 * dec[name]:7.1f} ms per batch")
+    first, second = list(toks)
+    print(f"  ratio {first} / {second}: encode {enc[first] / enc[second]:.2f}, decode {dec[first] / dec[second]:.2f}")
+
+
 def train_step(model: KARLTokenizer, objective: KARLObjective, opt: torch.optim.Optimizer,
                images: torch.Tensor) -> None:
     opt.zero_grad()
@@ -57,6 +82,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--train-steps", type=int, default=3, help="timed training steps per preset (0 = skip)")
+    ap.add_argument("--compare", help="a second checkpoint to time side by side with the first")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds for --compare")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +99,9 @@ def main() -> None:
     print(f"decode: {args.batch / t_dec:8.1f} images/s   ({1e3 * t_dec:.1f} ms per batch, one decoder pass)")
     kind = "allocated on GPU" if tok.device.type == "cuda" else "process RSS"
     print(f"peak memory: {peak_memory_mb(tok.device):.0f} MiB ({kind})")
+    if args.compare:
+        other = kolmotok.load(args.compare, device=args.device)
+        compare({args.ckpt or "shipped": tok, args.compare: other}, x, args.rounds, args.repeats)
     if not args.train_steps:
         return
     print("\npreset | params  | image | T_max | batch | train s/step (two-phase objective)")
