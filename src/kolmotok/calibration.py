@@ -42,7 +42,7 @@ from .io import write_json
 
 CALIBRATION_FILE = "calibration.json"
 # conditions tried (0 = full budget), and the requested eps values a calibration covers
-CONDITION_GRID = (0.0, *np.round(np.geomspace(0.003, 0.3, 40), 5).tolist())
+CONDITION_GRID = (0.0, *np.round(np.geomspace(0.003, 0.3, 80), 5).tolist())  # steps of 6%
 EPSILON_GRID = tuple(sorted({*np.round(np.geomspace(0.01, 0.3, 61), 4).tolist(), 0.02, 0.03, 0.05, 0.08, 0.12}))
 
 
