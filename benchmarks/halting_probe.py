@@ -32,7 +32,8 @@ from kolmotok.models.karl import EPS_REFERENCE
 from kolmotok.training.halting_fit import (
     HaltingFitConfig,
     collect_features,
-    exact_halting_labels,
+    exact_label_set,
+    fit_bce,
     prefix_error_curves,
     shortest_sufficient,
 )
@@ -55,22 +56,6 @@ class ProbeHead(nn.Module):
         return self.net(torch.cat(parts + [log_eps], -1)).squeeze(-1)
 
 
-def fit(head, params, latents, errors, epsilon, labels, weights, cfg: HaltingFitConfig) -> float:
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    g = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        logits = head(latents[idx].float(), epsilon[idx], errors[idx])
-        w = weights[idx]
-        loss = (F.binary_cross_entropy_with_logits(logits, labels[idx], reduction="none") * w).sum() / w.sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return loss.item()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped tiny one)")
@@ -87,12 +72,7 @@ def main(argv=None) -> int:
     threshold = args.threshold or model.cfg.halting_threshold
     g = torch.Generator().manual_seed(cfg.seed)
     images = make_source(cfg.data, model.cfg.image_size).sample(cfg.images, g)
-    curves = prefix_error_curves(model, images, progress=True)
-    K, lo, hi = cfg.targets_per_image, math.log(cfg.epsilon_min), math.log(cfg.epsilon_max)
-    epsilon = torch.exp(lo + (hi - lo) * torch.rand(len(images) * K, generator=g))
-    pairs = torch.arange(len(images)).repeat(K)
-    labels, weights = exact_halting_labels(shortest_sufficient(curves[pairs], epsilon)[0], model.cfg.max_tokens)
-    latents, errors = collect_features(model, images[pairs], epsilon, progress=True)
+    data = exact_label_set(model, images, cfg, g, progress=True)
 
     held = eval_set(args.eval_data, model.cfg.image_size).images
     held_curves = prefix_error_curves(model, held)
@@ -118,14 +98,16 @@ def main(argv=None) -> int:
         head = ProbeHead(model.cfg.width, use_lat, use_err)
         heads[name] = (head, list(head.parameters()))
 
-    print(f"{len(images)} training images x {K} targets, eps log-uniform in [{cfg.epsilon_min}, {cfg.epsilon_max}];"
-          f" evaluated on {args.eval_data} ({len(held)} images), halting threshold {threshold}")
+    print(f"{len(images)} training images x {cfg.targets_per_image} targets, eps log-uniform in "
+          f"[{cfg.epsilon_min}, {cfg.epsilon_max}]; evaluated on {args.eval_data} ({len(held)} images), "
+          f"halting threshold {threshold}")
     full = "  ".join(f"{e}: {100 * float((held_curves <= e).any(1).float().mean()):.1f}%" for e in EVAL_EPSILONS)
     print(f"full budget meets eps on: {full}")
     header = " | ".join(f"eps {e}: tokens / oracle = ratio, meet" for e in EVAL_EPSILONS)
     print(f"{'head':30s} | {'bce':>6s} | {header}")
     for name, (head, params) in heads.items():
-        bce = fit(head, params, latents, errors, epsilon, labels, weights, cfg) if params else float("nan")
+        bce = (fit_bce(head, params, data.latents, data.linear_errors, data.epsilon, data.labels, data.weights,
+                       cfg)[-1] if params else float("nan"))
         cells = []
         for e in EVAL_EPSILONS:
             lat, err = held_feats[e]

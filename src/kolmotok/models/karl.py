@@ -31,6 +31,7 @@ class Latents(NamedTuple):
     latents: torch.Tensor  # (B, T, D) encoder outputs at the latent-token positions
     halt_logits: torch.Tensor  # (B, T) logit of P(token is unnecessary)
     direct: torch.Tensor | None  # (B, T, code_dim) linear-path contribution, or None
+    linear_errors: torch.Tensor | None = None  # (B, T) the linear path's prefix errors, when halting reads them
 
 
 class LinearPath(nn.Module):
@@ -219,7 +220,7 @@ class KARLTokenizer(nn.Module):
         out = x[:, -num_tokens:]  # (B, T, D)
         direct = None if self.linear_path is None else self.linear_path.encode(images)[:, :num_tokens]
         linear_errors = None if self.halt_mlp is None else self.linear_path.prefix_errors(images, direct)
-        return Latents(out, self.halting_logits(out, epsilon, linear_errors), direct)
+        return Latents(out, self.halting_logits(out, epsilon, linear_errors), direct, linear_errors)
 
     def halting_logits(self, latents: torch.Tensor, epsilon: torch.Tensor,
                        linear_errors: torch.Tensor | None = None) -> torch.Tensor:
@@ -238,14 +239,14 @@ class KARLTokenizer(nn.Module):
         roughly. It is computed inside the encoder pass, without decoding.
         """
         logits = self.halt_head(latents).squeeze(-1)
-        shift = self.eps_embed.log_epsilon(epsilon) - math.log(EPS_REFERENCE)  # (B,)
+        log_eps = self.eps_embed.log_epsilon(epsilon)  # (B,)
+        shift = log_eps - math.log(EPS_REFERENCE)
         if self.halt_eps_gain is not None:
             logits = logits + F.softplus(self.halt_eps_gain) * shift[:, None].to(logits.dtype)
         if self.halt_mlp is not None:
             if linear_errors is None:
                 raise ValueError("this model's halting head needs the linear path's prefix errors")
-            log_eps = self.eps_embed.log_epsilon(epsilon)[:, None]  # (B, 1)
-            ratio = linear_errors.clamp(min=1e-6).log() - log_eps  # (B, T)
+            ratio = linear_errors.clamp(min=1e-6).log() - log_eps[:, None]  # (B, T)
             features = torch.stack([ratio, shift[:, None].expand_as(ratio)], -1).to(latents.dtype)
             logits = logits + self.halt_mlp(torch.cat([latents, features], -1)).squeeze(-1)
         return logits

@@ -10,8 +10,9 @@ set of training images and fits only the halting parameters (``halt_head``,
 ``epsilon_range``; the encoder, decoder and tokens do not change, so reconstructions at any
 length are exactly the input model's. Inference stays one encoder pass and one decoder pass.
 
-Stages: :func:`prefix_error_curves` -> :func:`collect_features` -> :func:`fit_head`;
-:func:`fit_halting` runs them and writes the checkpoint. docs/DESIGN.md §4 has the numbers.
+Stages: :func:`exact_label_set` (:func:`prefix_error_curves`, :func:`shortest_sufficient`,
+:func:`exact_halting_labels`, :func:`collect_features`) -> :func:`fit_head`; :func:`fit_halting`
+runs them and writes the checkpoint. docs/DESIGN.md §4 has the numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from ..config import to_dict
 from ..data import make_source
 from ..evaluation.metrics import l1_per_image
 from ..models import KARLTokenizer
+from .trainer import FINE_TUNE_ADDITIONS
 
 HALTING_PREFIXES = ("halt_head.", "halt_eps_gain", "halt_mlp.")
 
@@ -83,7 +86,7 @@ def exact_halting_labels(lengths: torch.Tensor, T: int) -> tuple[torch.Tensor, t
     """(N,) lengths -> (N, T) halt labels (halt from ``length`` on; none halt when the length is
     T, which also covers unreachable targets) and weights (position 0 never halts: no label)."""
     position = torch.arange(T)[None, :]
-    labels = ((position >= lengths[:, None]) & (lengths[:, None] < T)).float()
+    labels = (position >= lengths[:, None]).float()
     weights = torch.ones_like(labels)
     weights[:, 0] = 0.0
     return labels, weights
@@ -100,7 +103,8 @@ def collect_features(model: KARLTokenizer, images: torch.Tensor, epsilon: torch.
         lat = model.encode(x, e, T)
         latents.append(lat.latents.half().cpu())
         if model.linear_path is not None:
-            errors.append(model.linear_path.prefix_errors(x, lat.direct).cpu())
+            errs = lat.linear_errors  # encode computed them already if its halting head reads them
+            errors.append((errs if errs is not None else model.linear_path.prefix_errors(x, lat.direct)).cpu())
     return torch.cat(latents), (torch.cat(errors) if errors else None)
 
 
@@ -108,26 +112,24 @@ def halting_parameters(model: KARLTokenizer) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if n.startswith(HALTING_PREFIXES)]
 
 
-def fit_head(model: KARLTokenizer, latents: torch.Tensor, linear_errors: torch.Tensor | None,
-             epsilon: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, cfg: HaltingFitConfig,
-             progress: bool = False) -> list[float]:
-    """Fit the halting parameters by weighted BCE; every other weight stays as it is.
-    Returns the loss every 100 steps."""
-    params = halting_parameters(model)
-    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith(HALTING_PREFIXES))
+def fit_bce(forward, params: list[torch.nn.Parameter], latents: torch.Tensor, linear_errors: torch.Tensor | None,
+            epsilon: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, cfg: HaltingFitConfig,
+            progress: bool = False, device: torch.device | str = "cpu") -> list[float]:
+    """Fit ``params`` of ``forward(latents, epsilon, linear_errors) -> (B, T) halt logits`` by
+    weighted BCE on random batches of (image, target) pairs (AdamW, cosine decay).
+    Returns the loss every 100 steps and at the last."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     g = torch.Generator().manual_seed(cfg.seed)
-    dev, history = next(model.parameters()).device, []
+    history = []
     bar = tqdm(range(cfg.steps), desc="fit halting", disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        errs = None if linear_errors is None else linear_errors[idx].to(dev)
-        logits = model.halting_logits(latents[idx].to(dev).float(), epsilon[idx].to(dev), errs)
-        w = weights[idx].to(dev)
-        loss = (F.binary_cross_entropy_with_logits(logits, labels[idx].to(dev), reduction="none") * w).sum() / w.sum()
+        errs = None if linear_errors is None else linear_errors[idx].to(device)
+        logits = forward(latents[idx].to(device).float(), epsilon[idx].to(device), errs)
+        w = weights[idx].to(device)
+        bce = F.binary_cross_entropy_with_logits(logits, labels[idx].to(device), reduction="none")
+        loss = (bce * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -135,9 +137,44 @@ def fit_head(model: KARLTokenizer, latents: torch.Tensor, linear_errors: torch.T
         if step % 100 == 0 or step == cfg.steps - 1:
             history.append(loss.item())
             bar.set_postfix(bce=f"{loss.item():.4f}")
+    return history
+
+
+def fit_head(model: KARLTokenizer, latents: torch.Tensor, linear_errors: torch.Tensor | None,
+             epsilon: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, cfg: HaltingFitConfig,
+             progress: bool = False) -> list[float]:
+    """Fit the model's halting parameters (:func:`fit_bce`); every other weight stays as it is."""
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith(HALTING_PREFIXES))
+    history = fit_bce(model.halting_logits, halting_parameters(model), latents, linear_errors, epsilon, labels,
+                      weights, cfg, progress, next(model.parameters()).device)
     for n, p in model.named_parameters():
         p.requires_grad_(frozen[n])
     return history
+
+
+class LabelSet(NamedTuple):
+    """Exact halting labels for (image, target) pairs and the frozen encoder's features for them."""
+    epsilon: torch.Tensor  # (N,) targets
+    labels: torch.Tensor  # (N, T) halt labels
+    weights: torch.Tensor  # (N, T) label weights
+    latents: torch.Tensor  # (N, T, D) half precision
+    linear_errors: torch.Tensor | None  # (N, T)
+
+
+def exact_label_set(model: KARLTokenizer, images: torch.Tensor, cfg: HaltingFitConfig, g: torch.Generator,
+                    progress: bool = False) -> LabelSet:
+    """Measure each image's error curve, draw ``targets_per_image`` targets log-uniformly in
+    [epsilon_min, epsilon_max], label each pair exactly, and collect the halting head's inputs."""
+    curves = prefix_error_curves(model, images, cfg.inference_batch, progress)
+    lo, hi = math.log(cfg.epsilon_min), math.log(cfg.epsilon_max)
+    epsilon = torch.exp(lo + (hi - lo) * torch.rand(len(images) * cfg.targets_per_image, generator=g))
+    pairs = torch.arange(len(images)).repeat(cfg.targets_per_image)
+    labels, weights = exact_halting_labels(shortest_sufficient(curves[pairs], epsilon)[0], model.cfg.max_tokens)
+    latents, linear_errors = collect_features(model, images[pairs], epsilon.to(images.device), cfg.inference_batch,
+                                              progress)
+    return LabelSet(epsilon, labels, weights, latents, linear_errors)
 
 
 def with_halting_mlp(model: KARLTokenizer, hidden: int, seed: int) -> KARLTokenizer:
@@ -146,7 +183,7 @@ def with_halting_mlp(model: KARLTokenizer, hidden: int, seed: int) -> KARLTokeni
         return model
     torch.manual_seed(seed)
     grown = KARLTokenizer(replace(model.cfg, halting_hidden=hidden))
-    grown.load_own_state_dict(model.own_state_dict(), allow_missing=("halt_mlp.",))
+    grown.load_own_state_dict(model.own_state_dict(), allow_missing=(FINE_TUNE_ADDITIONS["halting_hidden"],))
     return grown.to(next(model.parameters()).device)
 
 
@@ -160,16 +197,9 @@ def fit_halting(ckpt: str | Path, out: str | Path, cfg: HaltingFitConfig | None 
     model = with_halting_mlp(model, cfg.hidden, cfg.seed).eval()
     g = torch.Generator().manual_seed(cfg.seed)
     images = make_source(cfg.data, model.cfg.image_size).sample(cfg.images, g).to(device)
-    curves = prefix_error_curves(model, images, cfg.inference_batch, progress)
-    K = cfg.targets_per_image
-    lo, hi = math.log(cfg.epsilon_min), math.log(cfg.epsilon_max)
-    epsilon = torch.exp(lo + (hi - lo) * torch.rand(len(images) * K, generator=g))
-    pairs = torch.arange(len(images)).repeat(K)
-    lengths, _ = shortest_sufficient(curves[pairs], epsilon)
-    labels, weights = exact_halting_labels(lengths, model.cfg.max_tokens)
-    latents, linear_errors = collect_features(model, images[pairs], epsilon.to(device), cfg.inference_batch,
-                                              progress)
-    history = fit_head(model, latents, linear_errors, epsilon, labels, weights, cfg, progress)
+    data = exact_label_set(model, images, cfg, g, progress)
+    history = fit_head(model, data.latents, data.linear_errors, data.epsilon, data.labels, data.weights, cfg,
+                       progress)
     meta = dict(meta)
     meta["model"] = to_dict(model.cfg)
     meta["halting_fit"] = {"from": str(ckpt), "config": asdict(cfg), "bce_first": history[0],

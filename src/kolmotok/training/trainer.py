@@ -106,7 +106,7 @@ def held_out_l1(model: KARLTokenizer, cfg: RunConfig, images: torch.Tensor, leng
 
 
 # model fields a fine-tune may switch on, and the weights (name prefixes) they add: the recurrent
-# baseline's feedback layer, the direct eps term of the halting logits
+# baseline's feedback layer, the direct eps term of the halting logits, the halting MLP
 FINE_TUNE_ADDITIONS = {"recurrent_step": "feedback.", "halting_epsilon_gain": "halt_eps_gain",
                        "halting_hidden": "halt_mlp."}
 
