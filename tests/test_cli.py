@@ -1,6 +1,7 @@
 """CLI smoke tests: train, encode, eval, demo, and clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,13 +40,30 @@ def test_encode_json_and_corrupt_file(run_dir, tmp_path, capsys):
     bad.write_bytes(b"garbage")
     rc = main(["encode", str(good), str(bad), "--ckpt", str(run_dir), "--device", "cpu", "--json", "--codes",
                "--out", str(tmp_path / "rec")])
-    assert rc == 0
+    assert rc == 1  # the good file is processed; the status says one input failed
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     ok = [r for r in rows if "tokens" in r]
     err = [r for r in rows if "error" in r]
     assert len(ok) == 1 and 1 <= ok[0]["tokens"] <= 8 and len(ok[0]["codes"]) == ok[0]["tokens"]
     assert (tmp_path / "rec" / "good.recon.png").is_file()
     assert len(err) == 1 and "bad.jpg" in err[0]["error"]
+
+
+def test_encode_batches_and_distinct_outputs(run_dir, tmp_path, capsys):
+    """Inputs sharing a name (other folder, other extension) get their own reconstruction files,
+    across several batches."""
+    names = ["a/x.png", "b/x.png", "b/x.jpg", "b/y.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray((np.random.rand(20, 20, 3) * 255).astype(np.uint8)).save(tmp_path / name)
+    rc = main(["encode", *(str(tmp_path / n) for n in names), "--ckpt", str(run_dir), "--device", "cpu",
+               "--json", "--batch-size", "3", "--out", str(tmp_path / "rec")])
+    assert rc == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).relative_to(tmp_path).as_posix() for r in rows] == names
+    written = sorted(p.relative_to(tmp_path / "rec").as_posix() for p in (tmp_path / "rec").rglob("*.png"))
+    assert written == ["a/x.recon.png", "b/x.jpg.recon.png", "b/x.png.recon.png", "b/y.recon.png"]
+    assert sorted(Path(r["reconstruction"]).relative_to(tmp_path / "rec").as_posix() for r in rows) == written
 
 
 def test_eval_json(run_dir, capsys):

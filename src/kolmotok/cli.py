@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("kolmotok")
@@ -82,37 +84,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def reconstruction_paths(images: list[Path], out: Path) -> list[Path]:
+    """Where ``encode --out`` writes each input's reconstruction: the inputs' folders mirrored
+    below their common parent, as STEM.recon.png (STEM.EXT.recon.png where two inputs in one
+    folder share a stem), so no two inputs share an output file."""
+    resolved = [p.resolve() for p in images]
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    stems = Counter((p.parent, p.stem) for p in resolved)
+    return [out / p.parent.relative_to(common) / (f"{p.stem}.recon.png" if stems[p.parent, p.stem] == 1
+                                                   else f"{p.name}.recon.png") for p in resolved]
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
+    """Files are read one batch at a time (any number of inputs); an unreadable one is reported
+    and skipped. Exit status 1 if any input failed, after processing the rest."""
     from .data.images import load_images, save_image
     from .evaluation.metrics import l1_per_image
 
     tok = _load(args)
-    loaded = load_images(args.images, tok.image_size, skip_errors=True)
-    for path, reason in loaded.failures:
-        print(json.dumps({"path": str(path), "error": reason}) if args.json else f"{path}: ERROR {reason}",
-              file=sys.stdout if args.json else sys.stderr)
-    if len(loaded.paths):
-        for start in range(0, len(loaded.paths), args.batch_size):
-            chunk = loaded.images[start:start + args.batch_size]
-            enc = tok.encode(chunk, epsilon=args.epsilon, budget=args.budget)
-            rec = tok.decode(enc)
-            errs = l1_per_image(rec, chunk)
-            for i, path in enumerate(loaded.paths[start:start + args.batch_size]):
-                row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
-                       "epsilon": args.epsilon, "l1": round(float(errs[i]), 5),
-                       "meets_epsilon": bool(errs[i] <= args.epsilon)}
-                if args.out:
-                    out = Path(args.out) / f"{path.stem}.recon.png"
-                    save_image(rec[i], out)
-                    row["reconstruction"] = str(out)
-                if args.codes:
-                    row["codes"] = enc.tokens[i, : int(enc.lengths[i])].tolist()
-                if args.json:
-                    print(json.dumps(row))
-                else:
-                    print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} "
-                          f"({'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon})")
-    return 1 if loaded.failures and not loaded.paths else 0
+    paths = [Path(p) for p in args.images]
+    outputs = dict(zip(paths, reconstruction_paths(paths, Path(args.out)))) if args.out else {}
+    failed = 0
+    for start in range(0, len(paths), args.batch_size):
+        loaded = load_images(paths[start:start + args.batch_size], tok.image_size, skip_errors=True, log_failures=False)
+        for path, reason in loaded.failures:
+            print(json.dumps({"path": str(path), "error": reason}) if args.json else f"ERROR {reason}",
+                  file=sys.stdout if args.json else sys.stderr)
+        failed += len(loaded.failures)
+        if not loaded.paths:
+            continue
+        enc = tok.encode(loaded.images, epsilon=args.epsilon, budget=args.budget)
+        rec = tok.decode(enc)
+        errs = l1_per_image(rec, loaded.images)
+        for i, path in enumerate(loaded.paths):
+            row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
+                   "epsilon": args.epsilon, "l1": round(float(errs[i]), 5),
+                   "meets_epsilon": bool(errs[i] <= args.epsilon)}
+            if args.out:
+                save_image(rec[i], outputs[path])
+                row["reconstruction"] = str(outputs[path])
+            if args.codes:
+                row["codes"] = enc.tokens[i, : int(enc.lengths[i])].tolist()
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} "
+                      f"({'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon})", flush=True)
+    if failed:
+        print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -241,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the JSON report to this file")
     e.set_defaults(func=cmd_eval)
 
-    n = sub.add_parser("encode", help="tokenize image files at a target error")
+    n = sub.add_parser("encode", help="tokenize image files at a target error",
+                       description="Tokenize image files at a target error. Unreadable files are reported and "
+                                   "skipped; the exit status is 1 if any was.")
     add_ckpt(n)
     n.add_argument("images", nargs="+", help="image files")
     n.add_argument("--epsilon", type=float, default=0.05)
@@ -249,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--batch-size", type=int, default=64)
     n.add_argument("--json", action="store_true", help="one JSON line per image")
     n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
-    n.add_argument("--out", help="write reconstructions (PNG) to this directory")
+    n.add_argument("--out", help="write reconstructions (PNG) to this directory, mirroring the inputs' folders "
+                   "(STEM.recon.png)")
     n.set_defaults(func=cmd_encode)
 
     c = sub.add_parser("calibrate", help="split-conformal calibration: a guaranteed share of images meets eps")

@@ -87,8 +87,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return arr
 
 
-def load_images(paths: list[str | Path], size: int, skip_errors: bool = True) -> LoadedImages:
-    """Files -> batch. Unreadable files are logged by name and skipped (or raised, if not skip_errors)."""
+def load_images(paths: list[str | Path], size: int, skip_errors: bool = True,
+                log_failures: bool = True) -> LoadedImages:
+    """Files -> batch. Unreadable files are skipped and listed in ``failures`` (logged by name
+    unless ``log_failures`` is False), or raised if not ``skip_errors``."""
     images, ok, failures = [], [], []
     for p in paths:
         try:
@@ -97,7 +99,8 @@ def load_images(paths: list[str | Path], size: int, skip_errors: bool = True) ->
         except ImageLoadError as exc:
             if not skip_errors:
                 raise
-            log.warning("skipping %s", exc)
+            if log_failures:
+                log.warning("skipping %s", exc)
             failures.append((Path(p), str(exc)))
     batch = stack_images(images, size)
     return LoadedImages(batch, ok, failures)
