@@ -63,6 +63,10 @@ def test_folder_with_odd_and_corrupt_files(tmp_path):
     assert ev.images.shape == (5, 3, 16, 16)
     assert ev.images.min() >= 0 and ev.images.max() <= 1
     assert not any("corrupt" in n for n in ev.names)
+    sub = eval_set(f"folder:{tmp_path / 'imgs'}", 16, num_images=3)  # a fixed subset of the files
+    assert len(sub.names) <= 3 and set(sub.names) <= set(ev.names)
+    assert sub.names == eval_set(f"folder:{tmp_path / 'imgs'}", 16, num_images=3).names
+    assert eval_set(f"folder:{tmp_path / 'imgs'}", 16, num_images=0).names == ev.names
 
 
 def test_corrupt_file_is_named_and_skipped(tmp_path):

@@ -13,6 +13,10 @@ from pathlib import Path
 log = logging.getLogger("kolmotok")
 
 
+NUM_IMAGES_HELP = ("images in the fixed, seeded eval set; a folder: all its files if it has no more, else a "
+                   "fixed random subset of this many (0 = all)")
+
+
 def _parse_epsilons(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -256,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ckpt(e)
     e.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
     e.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12])
-    e.add_argument("--num-images", type=int, default=256, help="size of the fixed eval set (built-in data)")
+    e.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--out", help="also write the JSON report to this file")
     e.set_defaults(func=cmd_eval)
@@ -280,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", default="photos:calib", help="held-out images, disjoint from training and test")
     c.add_argument("--alpha", type=_parse_epsilons, default=[0.1],
                    help="allowed miss rate(s), comma-separated (guarantee = 1 - alpha)")
-    c.add_argument("--num-images", type=int, default=512)
+    c.add_argument("--num-images", type=int, default=512, help=NUM_IMAGES_HELP)
     c.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12],
                    help="eps values to print (the stored calibration covers 0.01..0.3)")
     c.add_argument("--out", help="directory for calibration.json (default: the checkpoint's own directory)")
@@ -295,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "codecs (or png, jpeg, webp)")
     b.add_argument("--baselines", default="runs/baselines",
                    help="directory of baseline runs prefix/, recurrent/, fixedN/ (benchmarks/train_baselines.sh)")
-    b.add_argument("--num-images", type=int, default=256)
+    b.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
     b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting (for tests)")
     b.add_argument("--out", help="directory for results.json, results.txt and figures")
     b.set_defaults(func=cmd_bench)

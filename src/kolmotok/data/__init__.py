@@ -132,14 +132,27 @@ class EvalSet:
     names: list[str] | None = None  # file names (folders only)
 
 
+def folder_subset(files: list[Path], num_images: int, g: torch.Generator) -> list[Path]:
+    """All files if there are at most ``num_images`` (or it is 0), else a seeded random subset
+    of that many, in the folder's sorted order (evaluation holds its images in memory)."""
+    if not num_images or len(files) <= num_images:
+        return files
+    keep = torch.randperm(len(files), generator=g)[:num_images].sort().values
+    log.info("%d image files; evaluating a fixed random %d of them (--num-images 0 for all)", len(files), num_images)
+    return [files[int(i)] for i in keep]
+
+
 def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234) -> EvalSet:
-    """A fixed, seeded evaluation set for ``spec`` (a folder gives all of its images)."""
+    """A fixed, seeded evaluation set of ``num_images`` images for ``spec``. A folder gives all
+    of its images if it has at most ``num_images`` (or ``num_images`` is 0), else a fixed
+    random subset of that many files."""
     g = torch.Generator().manual_seed(seed)
     if spec == "shapes" or spec.startswith("shapes:"):
         images, labels = shapes_mod.draw(num_images, image_size, g, spec.partition(":")[2] or None)
         return EvalSet(spec, images, labels)
     if spec.startswith("folder:"):
-        loaded = load_images(list_images(spec.partition(":")[2]), image_size)
+        files = folder_subset(list_images(spec.partition(":")[2]), num_images, g)
+        loaded = load_images(files, image_size)
         if not loaded.paths:
             raise ValueError(f"{spec}: no readable images found")
         return EvalSet(spec, loaded.images, names=[str(p) for p in loaded.paths])
