@@ -1,6 +1,7 @@
 """Baselines through the shared Method interface, pass counting, codecs, and `kolmotok bench`."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -118,6 +119,21 @@ def test_unknown_method_and_missing_baselines_are_clear(checkpoints):
         build_methods(["prefix"], tok, None)
     with pytest.raises(ValueError, match="no calibration"):
         build_methods(["karl@0.9"], tok, None)
+    for bad in ("karl+fast", "karl@high"):
+        with pytest.raises(ValueError, match=re.escape(bad)):
+            build_methods([bad], tok, None)
+
+
+def test_verified_karl_counts_its_extra_passes(checkpoints):
+    """karl+verify: one check decode per image, plus one encoder and one decoder pass per
+    re-encoding of an image that missed; it never meets eps on fewer images than karl."""
+    tok = load(checkpoints / "karl", device="cpu")
+    plain, checked = build_methods(["karl", "karl+verify"], tok, None)
+    eps = float(l1_per_image(plain.at_length(IMAGES, 8).recon, IMAGES).max()) + 1e-4  # the full budget meets it
+    a, b = plain.at_epsilon(IMAGES, eps), checked.at_epsilon(IMAGES, eps)
+    missed = l1_per_image(a.recon, IMAGES) > eps
+    assert torch.equal(b.encoder_passes > 1, missed) and torch.equal(b.decoder_passes, b.encoder_passes + 1)
+    assert (l1_per_image(b.recon, IMAGES) <= eps).all() and (b.size >= a.size).all()
 
 
 def test_bench_table_and_claims(methods):
@@ -152,6 +168,19 @@ def test_fixed_length_claims_come_from_per_image_errors():
     own = claims["eps=0.1: KARL uses >= 25% fewer tokens than KARL's own shortest fixed length meeting eps on 90%"]
     assert base["status"] == "FAIL" and "fixed-8 (95.0% meet): 25% more" in base["measured"]
     assert own["status"] == "PASS" and "karl fixed-16 (100.0% meet): 38% fewer" in own["measured"]
+
+
+def test_guarantee_claims_judge_the_single_pass_only():
+    from kolmotok.evaluation.bench import BenchResult, Row
+
+    def row(method, size, share):
+        return Row(method, "tokens", 0.1, size, size, size, share, 0.05, 30.0, 0.9, 1, 1, 1.0, 1.0, None)
+
+    res = BenchResult("x", 8, 16, [0.1], [row("karl", 3.0, 0.85), row("oracle", 3.0, 1.0),
+                                         row("karl@0.9", 4.0, 0.93), row("karl@0.9+verify", 3.2, 1.0)], [])
+    judged = {c["claim"]: c["status"] for c in check_claims(res) if "karl@" in c["claim"]}
+    assert judged == {"karl@0.9 at eps=0.1: meets eps on >= 88%": "PASS",
+                      "karl@0.9 at eps=0.1: mean tokens <= 1.25x oracle": "FAIL"}
 
 
 def test_cli_bench_quick_writes_results_and_figures(checkpoints, tmp_path, capsys):

@@ -66,6 +66,20 @@ def test_encode_batches_and_distinct_outputs(run_dir, tmp_path, capsys):
     assert sorted(Path(r["reconstruction"]).relative_to(tmp_path / "rec").as_posix() for r in rows) == written
 
 
+def test_encode_with_guarantee_and_verify(tmp_path, capsys):
+    """The shipped checkpoint carries a calibration for guarantee 0.9; other guarantees are refused."""
+    img = tmp_path / "img.png"
+    Image.fromarray((np.random.rand(32, 32, 3) * 255).astype(np.uint8)).save(img)
+    rc = main(["encode", str(img), "--epsilon", "0.08", "--guarantee", "0.9", "--verify", "--json", "--device", "cpu"])
+    assert rc == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["guarantee"] == 0.9 and row["guaranteed"] is True and 1 <= row["tokens"] <= 32
+    # noise misses eps: verification re-encoded it, down to the full budget (condition 0)
+    assert row["reencoded"] == 3 and row["condition"] == 0 and row["tokens"] == 32
+    assert main(["encode", str(img), "--guarantee", "0.5", "--device", "cpu"]) == 2
+    assert "no calibration for guarantee 0.5" in capsys.readouterr().err
+
+
 def test_eval_json(run_dir, capsys):
     rc = main(["eval", "--ckpt", str(run_dir), "--device", "cpu", "--data", "shapes", "--num-images", "12",
                "--epsilons", "0.05,0.1", "--json"])

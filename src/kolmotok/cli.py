@@ -13,6 +13,7 @@ from pathlib import Path
 log = logging.getLogger("kolmotok")
 
 
+GUARANTEE_HELP = "calibrated share of images meeting eps, e.g. 0.9 (needs a calibration: kolmotok calibrate)"
 NUM_IMAGES_HELP = ("images in the fixed, seeded eval set; a folder: all its files if it has no more, else a "
                    "fixed random subset of this many (0 = all)")
 
@@ -117,13 +118,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
         failed += len(loaded.failures)
         if not loaded.paths:
             continue
-        enc = tok.encode(loaded.images, epsilon=args.epsilon, budget=args.budget)
+        enc = tok.encode(loaded.images, epsilon=args.epsilon, budget=args.budget, guarantee=args.guarantee,
+                         verify=args.verify)
         rec = tok.decode(enc)
         errs = l1_per_image(rec, loaded.images)
         for i, path in enumerate(loaded.paths):
             row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
                    "epsilon": args.epsilon, "l1": round(float(errs[i]), 5),
                    "meets_epsilon": bool(errs[i] <= args.epsilon)}
+            if enc.guarantee is not None:
+                row |= {"guarantee": enc.guarantee, "guaranteed": bool(enc.guaranteed[i]),
+                        "condition": round(float(enc.condition[i]), 5)}
+            if enc.reencoded is not None:
+                row["reencoded"] = int(enc.reencoded[i])
             if args.out:
                 save_image(rec[i], outputs[path])
                 row["reconstruction"] = str(outputs[path])
@@ -132,8 +139,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
-                print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} "
-                      f"({'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon})", flush=True)
+                notes = [f"{'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon}"]
+                if "guarantee" in row:
+                    notes.append(f"guarantee {row['guarantee']:g}" if row["guaranteed"] else "guarantee unattainable")
+                if row.get("reencoded"):
+                    notes.append(f"re-encoded {row['reencoded']}x")
+                print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} ({', '.join(notes)})",
+                      flush=True)
     if failed:
         print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -272,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("images", nargs="+", help="image files")
     n.add_argument("--epsilon", type=float, default=0.05)
     n.add_argument("--budget", type=int, help="most tokens per image (default T_max)")
+    n.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
+    n.add_argument("--verify", action="store_true",
+                   help="one more decoder pass checks each image; misses are re-encoded at a tighter condition")
     n.add_argument("--batch-size", type=int, default=64)
     n.add_argument("--json", action="store_true", help="one JSON line per image")
     n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
@@ -308,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ckpt(k)
     k.add_argument("--data", required=True, help="folder:PATH")
     k.add_argument("--epsilon", type=float, default=0.05)
-    k.add_argument("--guarantee", type=float, help="calibrated share of images meeting eps (needs a calibration)")
+    k.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     k.add_argument("--out", required=True, help="output directory for shard-NNNNN.parquet files")
     k.add_argument("--shard-size", type=int, default=1000, help="images per shard")
     k.add_argument("--batch-size", type=int, default=256)
