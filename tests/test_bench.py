@@ -139,9 +139,10 @@ def test_verified_karl_counts_its_extra_passes(checkpoints):
 def test_bench_table_and_claims(methods):
     from kolmotok.data import EvalSet
 
-    res = run_bench(methods, EvalSet("random", IMAGES), [0.05, 0.3], 8, progress=False)
+    res = run_bench(methods, EvalSet("random", IMAGES), [0.05, 0.3], 8, progress=False, timing_rounds=3)
     karl = [r for r in res.rows if r.method == "karl"]
     assert len(res.rows) == len(methods) * 2 and all(r.wall_ratio_to_karl is not None for r in res.rows)
+    assert all(len(r.wall_ms_rounds) == 3 and r.wall_ms_per_image == sorted(r.wall_ms_rounds)[1] for r in res.rows)
     assert all(r.encoder_passes == 1 and r.decoder_passes == 1 for r in karl)
     assert all((r.flops_per_image or 0) > 0 for r in res.rows if r.unit == "tokens")
     assert all(r.flops_per_image is None for r in res.rows if r.unit == "bytes")

@@ -192,7 +192,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     num = args.num_images if not args.quick else min(args.num_images, 16)
     data = eval_set(args.data, tok.image_size, num)
     methods = build_methods(args.methods or list(DEFAULT_METHODS), tok, args.baselines, device=args.device)
-    res = run_bench(methods, data, args.epsilons, tok.max_tokens, count_flops=not args.quick)
+    res = run_bench(methods, data, args.epsilons, tok.max_tokens, count_flops=not args.quick,
+                    timing_rounds=1 if args.quick else args.timing_rounds)
     res.device = str(tok.device)
     print(format_bench(res))
     if args.out:
@@ -315,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--baselines", default="runs/baselines",
                    help="directory of baseline runs prefix/, recurrent/, fixedN/ (benchmarks/train_baselines.sh)")
     b.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
-    b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting (for tests)")
+    b.add_argument("--timing-rounds", type=int, default=3,
+                   help="time every method this many times, in interleaved rounds, and report the median")
+    b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting, one timing round (for tests)")
     b.add_argument("--out", help="directory for results.json, results.txt and figures")
     b.set_defaults(func=cmd_bench)
 

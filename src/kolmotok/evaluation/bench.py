@@ -106,10 +106,11 @@ class Row:
     ssim: float
     encoder_passes: float  # per image, mean
     decoder_passes: float
-    wall_ms_per_image: float
+    wall_ms_per_image: float  # median over the timing rounds
     wall_ratio_to_karl: float | None
     flops_per_image: float | None
     sizes: list[float] = field(repr=False, default_factory=list)  # per image
+    wall_ms_rounds: list[float] = field(repr=False, default_factory=list)  # each timing round
 
 
 @dataclass
@@ -136,6 +137,7 @@ class BenchResult:
     claims: list[dict] = field(default_factory=list)
     device: str = "cpu"
     threads: int = 1
+    timing_rounds: int = 1  # ms/img is the median of this many interleaved timings
 
     def row(self, method: str, epsilon: float) -> Row | None:
         return next((r for r in self.rows if r.method == method and r.epsilon == epsilon), None)
@@ -157,27 +159,53 @@ def _flops(fn, images: torch.Tensor, batch: int) -> float:
     return counter.get_total_flops() / len(images)
 
 
+def _timed(fn, images: torch.Tensor, batch: int) -> tuple[MethodOutput, float]:
+    """(output, wall milliseconds per image)."""
+    t0 = time.perf_counter()
+    out = _batched(fn, images, batch)
+    return out, 1000 * (time.perf_counter() - t0) / len(images)
+
+
 def measure(method: Method, images: torch.Tensor, epsilon: float, batch: int, count_flops: bool) -> Row:
     run = lambda x: method.at_epsilon(x, epsilon)  # noqa: E731
     run(images[:2])  # warm-up: one-time allocations stay out of the timing
-    t0 = time.perf_counter()
-    out = _batched(run, images, batch)
-    wall = time.perf_counter() - t0
+    out, wall_ms = _timed(run, images, batch)
     err = l1_per_image(out.recon, images)
     flops = _flops(run, images, batch) if count_flops and method.unit == "tokens" else None
     return Row(method.name, method.unit, epsilon, float(out.size.mean()), float(out.size.median()),
                float(out.bits.mean()), float((err <= epsilon).float().mean()), float(err.mean()),
                float(psnr_per_image(out.recon, images).mean()), float(ssim_per_image(out.recon, images).mean()),
                float(out.encoder_passes.float().mean()), float(out.decoder_passes.float().mean()),
-               1000 * wall / len(images), None, flops, out.size.tolist())
+               wall_ms, None, flops, out.size.tolist(), [wall_ms])
+
+
+def retime(jobs: list[tuple[Method, float]], rows: list[Row], images: torch.Tensor, batch: int, rounds: int,
+           progress: bool) -> None:
+    """Time every job ``rounds - 1`` more times, in rounds that run every job once (alternately
+    forwards and backwards, so a slow drift of the machine falls on all methods alike), and keep
+    the median: wall-time ratios then compare methods timed side by side."""
+    if rounds < 1:
+        raise ValueError(f"timing rounds must be at least 1, got {rounds}")
+    order = list(range(len(jobs)))
+    bar = tqdm(total=(rounds - 1) * len(jobs), desc="timing rounds", disable=not progress or rounds < 2,
+               dynamic_ncols=True)
+    for k in range(1, rounds):
+        for i in (order if k % 2 == 0 else order[::-1]):
+            method, eps = jobs[i]
+            rows[i].wall_ms_rounds.append(_timed(lambda x, m=method, e=eps: m.at_epsilon(x, e), images, batch)[1])
+            bar.update()
+    bar.close()
+    for r in rows:
+        r.wall_ms_per_image = float(np.median(r.wall_ms_rounds))
 
 
 def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_tokens: int, batch: int = 256,
-              count_flops: bool = True, progress: bool = True) -> BenchResult:
+              count_flops: bool = True, progress: bool = True, timing_rounds: int = 3) -> BenchResult:
     images = data.images
     jobs = [(m, e) for m in methods for e in epsilons]
     rows = [measure(m, images, e, batch, count_flops)
             for m, e in tqdm(jobs, desc="bench", disable=not progress, dynamic_ncols=True)]
+    retime(jobs, rows, images, batch, timing_rounds, progress)
     for r in rows:
         karl = next((k for k in rows if k.method == "karl" and k.epsilon == r.epsilon), None)
         if karl is not None:
@@ -193,7 +221,7 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
             length_rows.append(LengthRow(m.name, n, float(err.mean()), float(psnr_per_image(full.recon, images).mean()),
                                          float(ssim_per_image(full.recon, images).mean()), err.tolist()))
     result = BenchResult(data.name, len(images), max_tokens, list(epsilons), rows, length_rows,
-                         threads=torch.get_num_threads())
+                         threads=torch.get_num_threads(), timing_rounds=timing_rounds)
     result.claims = check_claims(result)
     return result
 
@@ -280,7 +308,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def format_bench(res: BenchResult) -> str:
     lines = [f"data {res.data}: {res.num_images} images, T_max = {res.max_tokens}, {res.device}, "
-             f"{res.threads} threads", "",
+             f"{res.threads} threads; ms/img: median of {res.timing_rounds} interleaved timing rounds", "",
              " method     |   eps | mean size | median | meet eps | l1     | PSNR  | SSIM  | enc/img | dec/img "
              "| ms/img | x KARL | MFLOPs/img",
              "------------+-------+-----------+--------+----------+--------+-------+-------+---------+---------"
