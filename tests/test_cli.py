@@ -80,6 +80,18 @@ def test_encode_with_guarantee_and_verify(tmp_path, capsys):
     assert "no calibration for guarantee 0.5" in capsys.readouterr().err
 
 
+def test_info_and_version(run_dir, capsys):
+    assert main(["info", "--ckpt", str(run_dir), "--json", "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["max_tokens"] == 8 and info["steps_in_last_run"] == 3 and info["calibrations"] == []
+    assert info["parameters"] > 0 and info["objective"] == "karl" and info["checkpoint"].endswith("step_0000003")
+    assert main(["info", "--device", "cpu"]) == 0  # the shipped checkpoint, with its calibration
+    assert "calibration: guarantee 0.9 on 512 images of photos:calib" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("kolmotok 0.")
+
+
 def test_eval_json(run_dir, capsys):
     rc = main(["eval", "--ckpt", str(run_dir), "--device", "cpu", "--data", "shapes", "--num-images", "12",
                "--epsilons", "0.05,0.1", "--json"])

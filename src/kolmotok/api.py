@@ -68,14 +68,21 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _calibration_summary(cal: Calibration) -> dict:
+    attainable = [e for e, ok in zip(cal.epsilons, cal.attainable) if ok]
+    return {"guarantee": cal.guarantee, "data": cal.data, "images": cal.num_images,
+            "guaranteed_from_epsilon": min(attainable) if attainable else None}
+
+
 class Tokenizer:
     """A trained KARL tokenizer ready for inference (see :func:`load`)."""
 
     def __init__(self, model: KARLTokenizer, meta: dict | None = None,
-                 calibrations: dict[float, Calibration] | None = None) -> None:
+                 calibrations: dict[float, Calibration] | None = None, path: Path | None = None) -> None:
         self.model = model.eval()
         self.meta = meta or {}
         self.calibrations: dict[float, Calibration] = dict(calibrations or {})  # keyed by alpha
+        self.path = path  # the checkpoint directory it was loaded from, if any
 
     # ------------------------------------------------------------------ properties
     @property
@@ -98,6 +105,24 @@ class Tokenizer:
     def bits_per_token(self) -> float:
         q = self.model.quantizer
         return q.bits_per_token if q.discrete else q.bits_per_token * self.model.cfg.token_dim
+
+    def describe(self) -> dict:
+        """What this tokenizer is: checkpoint, model, training and calibrations (``kolmotok info``)."""
+        cfg, run = self.model.cfg, self.meta.get("run", {})
+        train = run.get("train", {})
+        return {
+            "checkpoint": str(self.path) if self.path else None,
+            "image_size": self.image_size, "max_tokens": self.max_tokens,
+            "tokens": (f"FSQ codes, {self.bits_per_token:.1f} bits" if self.discrete
+                       else f"continuous, {cfg.token_dim} float32 numbers"),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "width": cfg.width, "encoder_layers": cfg.encoder_layers, "decoder_layers": cfg.decoder_layers,
+            "objective": run.get("objective", {}).get("kind"),
+            "steps_in_last_run": self.meta.get("step"), "training_data": train.get("data"),
+            "initialised_from": train.get("init_from") or None,
+            "halting_refit": "halting_fit" in self.meta,
+            "calibrations": [_calibration_summary(c) for _, c in sorted(self.calibrations.items())],
+        }
 
     # ------------------------------------------------------------------ validation
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,5 +262,5 @@ def load(path: str | Path | None = None, device: str | torch.device | None = Non
     """Load a tokenizer: the shipped default checkpoint, or a checkpoint / run directory."""
     ckpt = resolve_checkpoint(shipped_checkpoint() if path is None else Path(path))
     model, meta = load_model(ckpt, device or _default_device())
-    return Tokenizer(model, meta, load_calibrations(ckpt))
+    return Tokenizer(model, meta, load_calibrations(ckpt), path=ckpt)
 

@@ -10,6 +10,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from . import __version__
+
 log = logging.getLogger("kolmotok")
 
 
@@ -151,6 +153,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _load(args).describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if key != "calibrations":
+            print(f"{key.replace('_', ' ')}: {value}")
+    for c in info["calibrations"] or [None]:
+        print("calibration: none (kolmotok calibrate)" if c is None else
+              f"calibration: guarantee {c['guarantee']:g} on {c['images']} images of {c['data']}, "
+              + (f"for eps >= {c['guaranteed_from_epsilon']:g}" if c["guaranteed_from_epsilon"] is not None
+                 else "no eps attainable"))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .evaluation.demo import run_demo
 
@@ -229,6 +247,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kolmotok", description="Single-pass adaptive image tokenization (KARL).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"kolmotok {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a tokenizer (two-phase KARL objective)")
@@ -333,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--with-error", action="store_true", help="add the achieved l1 (one extra decoder pass)")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=cmd_tokenize)
+
+    i = sub.add_parser("info", help="what a checkpoint is: model, training, calibrations")
+    add_ckpt(i)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("demo", help="run the shipped tokenizer on built-in images; write a PNG sheet")
     add_ckpt(d)
