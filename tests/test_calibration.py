@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kolmotok.api import Tokenizer, load
-from kolmotok.calibration import calibrate_errors, conformal_threshold, load_calibrations
+from kolmotok.calibration import calibrate_errors, conformal_threshold, load_calibrations, promise_p_value
 from kolmotok.cli import main
 from kolmotok.evaluation.metrics import l1_per_image
 
@@ -16,6 +16,26 @@ def synthetic_errors(n, seed):
     """Image i with difficulty d_i reaches l1 = d_i * (1 + 20 c) at condition c (looser -> worse)."""
     d = np.random.default_rng(seed).lognormal(np.log(0.02), 0.6, n)
     return d[None, :] * (1 + 20 * CONDITIONS[:, None])
+
+
+def test_promise_p_value_is_the_binomial_tail():
+    from math import comb
+
+    for met, n, g in [(7, 10, 0.9), (0, 5, 0.5), (10, 10, 0.9), (180, 200, 0.95)]:
+        exact = sum(comb(n, i) * g**i * (1 - g) ** (n - i) for i in range(met + 1))
+        assert promise_p_value(met, n, g) == pytest.approx(min(1.0, exact), rel=1e-9)
+    with pytest.raises(ValueError, match="met"):
+        promise_p_value(11, 10, 0.9)
+
+
+def test_promise_check_flags_shifted_data_only():
+    """Monitoring: fresh images like the calibration ones are consistent with the promise;
+    images twice as hard are flagged."""
+    cal = calibrate_errors(synthetic_errors(400, 0), CONDITIONS, 0.1, "synthetic", epsilons=[0.08])
+    col = int(np.searchsorted(CONDITIONS, cal.conditions[0]))
+    same, harder = synthetic_errors(300, 2)[col], 2 * synthetic_errors(300, 3)[col]
+    assert promise_p_value(int((same <= 0.08).sum()), 300, cal.guarantee) > 0.05
+    assert promise_p_value(int((harder <= 0.08).sum()), 300, cal.guarantee) < 1e-6
 
 
 @pytest.mark.parametrize("alpha", [0.1, 0.2])

@@ -92,6 +92,16 @@ def test_info_and_version(run_dir, capsys):
     assert capsys.readouterr().out.startswith("kolmotok 0.")
 
 
+def test_eval_with_guarantee_reports_the_promise(capsys):
+    rc = main(["eval", "--data", "shapes:noise", "--num-images", "24", "--epsilons", "0.03,0.12", "--guarantee", "0.9",
+               "--device", "cpu", "--json"])
+    assert rc == 0
+    rows = {r["epsilon"]: r for r in json.loads(capsys.readouterr().out)["epsilon_rows"]}
+    assert rows[0.03]["promised"] is False and rows[0.03]["promise_p_value"] is None
+    # pure noise is unlike the calibration photos: nothing reaches 0.12, and the check says so
+    assert rows[0.12]["promised"] is True and rows[0.12]["meet_share"] == 0 and rows[0.12]["promise_p_value"] < 1e-9
+
+
 def test_eval_json(run_dir, capsys):
     rc = main(["eval", "--ckpt", str(run_dir), "--device", "cpu", "--data", "shapes", "--num-images", "12",
                "--epsilons", "0.05,0.1", "--json"])

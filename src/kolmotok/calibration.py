@@ -115,6 +115,25 @@ def calibrate(measure: Callable[[float], torch.Tensor], alpha: float, data: str,
     return calibrate_errors(errors, conditions, alpha, data, epsilons)
 
 
+def promise_p_value(met: int, n: int, guarantee: float) -> float:
+    """P(at most ``met`` of ``n`` images meet eps) if each met it with probability ``guarantee``.
+
+    A check of the promise on new data (monitoring): a small value (say < 0.01) says these images
+    are not like the calibration images, and the model should be recalibrated on data like them.
+    The promise is marginal, also over the draw of the calibration set, so even where it holds
+    the share met on a given calibration wavers by about sqrt(alpha (1 - alpha) / n_calibration).
+    """
+    if not 0 <= met <= n or n < 1:
+        raise ValueError(f"need 0 <= met <= n and n >= 1, got met = {met}, n = {n}")
+    if guarantee >= 1:
+        return 1.0 if met == n else 0.0
+    log_p, log_q = math.log(guarantee), math.log1p(-guarantee)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(met + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
 def save_calibrations(directory: str | Path, calibrations: dict[float, Calibration]) -> Path:
     path = Path(directory) / CALIBRATION_FILE
     write_json(path, {"calibrations": [asdict(c) for _, c in sorted(calibrations.items())]})

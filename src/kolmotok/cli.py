@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     tok = _load(args)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    report = evaluate(tok, data, args.epsilons)
+    report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
     e.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12])
     e.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
+    e.add_argument("--guarantee", type=float,
+                   help=GUARANTEE_HELP + "; also tests whether the promise holds on these images (monitoring)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--out", help="also write the JSON report to this file")
     e.set_defaults(func=cmd_eval)

@@ -85,8 +85,8 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
         elif name in CODECS:
             methods.append(CodecMethod(name))
         else:
-            raise ValueError(f"unknown method {name!r}; known: karl, karl@G, karl+verify, karl@G+verify, oracle, prefix, recurrent, "
-                             f"fixed, fixedN, codecs, {', '.join(CODECS)}")
+            raise ValueError(f"unknown method {name!r}; known: karl, karl@G, karl+verify, karl@G+verify, oracle, "
+                             f"prefix, recurrent, fixed, fixedN, codecs, {', '.join(CODECS)}")
     methods.sort(key=lambda m: m.name.startswith("fixed-") and int(m.name.split("-")[1]))
     return methods
 

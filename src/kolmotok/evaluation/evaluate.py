@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from ..api import Tokenizer
+from ..calibration import promise_p_value
 from ..data import EvalSet
 from .metrics import l1_per_image, png_bytes, psnr_per_image, resample_baseline, spearman, ssim_per_image
 
 DEFAULT_EPSILONS = (0.02, 0.03, 0.05, 0.08, 0.12)
+PROMISE_ALARM = 0.01  # p-value below which eval reports that a guarantee fails on the data
 
 
 @dataclass
@@ -25,12 +27,12 @@ class Reconstructions:
 
 @torch.no_grad()
 def run_batched(tok: Tokenizer, images: torch.Tensor, epsilon: float, budget: int | None = None,
-                batch: int = 256, quality: bool = True) -> Reconstructions:
-    """Encode + decode ``images`` at one eps / budget and measure each reconstruction
-    (l1, and PSNR / SSIM unless ``quality`` is False)."""
+                batch: int = 256, quality: bool = True, guarantee: float | None = None) -> Reconstructions:
+    """Encode + decode ``images`` at one eps / budget (with a calibrated ``guarantee`` if given)
+    and measure each reconstruction (l1, and PSNR / SSIM unless ``quality`` is False)."""
     parts = []
     for chunk in images.split(batch):
-        enc = tok.encode(chunk, epsilon=epsilon, budget=budget)
+        enc = tok.encode(chunk, epsilon=epsilon, budget=budget, guarantee=guarantee)
         rec = tok.decode(enc)
         x = chunk.to(rec.device)
         row = [enc.lengths.cpu(), l1_per_image(rec, x).cpu()]
@@ -52,6 +54,9 @@ class EpsilonRow:
     l1: float
     psnr: float
     ssim: float
+    # with a guarantee: can the calibration promise this eps, and the promise's p-value on this data
+    promised: bool | None = None
+    promise_p_value: float | None = None
 
 
 @dataclass
@@ -75,12 +80,18 @@ class EvalReport:
     # the same, within grayscale and within colour crops (PNG stores R = G = B crops in fewer bytes)
     spearman_png_by_colour: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    guarantee: float | None = None  # the eps rows were encoded with this calibrated guarantee
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsilon: float = 0.05) -> EvalReport:
+def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsilon: float = 0.05,
+             guarantee: float | None = None) -> EvalReport:
+    """The eval table; with ``guarantee`` the eps rows use the calibrated condition and say, per eps,
+    whether the promise holds on these images (:func:`kolmotok.calibration.promise_p_value`)."""
+    if guarantee is not None:
+        tok.calibration_for(guarantee)  # fail before any work
     images = data.images
     T = tok.max_tokens
     budgets = sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T})
@@ -88,24 +99,29 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
     full = fixed[T]
     eps_rows, per_eps = [], {}
     for eps in epsilons:
-        r = run_batched(tok, images, eps)
+        r = run_batched(tok, images, eps, guarantee=guarantee)
         per_eps[eps] = r
         n = r.lengths.float()
+        met = int((r.l1 <= eps).sum())
+        promised = None if guarantee is None else bool(tok.calibration_for(guarantee).lookup(torch.tensor([eps]))[1])
         eps_rows.append(EpsilonRow(
             epsilon=eps, mean_tokens=float(n.mean()), median_tokens=float(n.median()),
             cv_tokens=float(n.std(unbiased=False) / n.mean()), meet_share=float((r.l1 <= eps).float().mean()),
             full_budget_meet_share=float((full.l1 <= eps).float().mean()), l1=float(r.l1.mean()),
-            psnr=float(r.psnr.mean()), ssim=float(r.ssim.mean())))
+            psnr=float(r.psnr.mean()), ssim=float(r.ssim.mean()), promised=promised,
+            promise_p_value=promise_p_value(met, len(images), guarantee) if promised else None))
     budget_rows = [BudgetRow(b, float(f.l1.mean()), float(f.psnr.mean()), float(f.ssim.mean()))
                    for b, f in fixed.items()]
     S = tok.image_size
     reference = {f"resample_{g}x{g}": float(l1_per_image(resample_baseline(images, g), images).mean())
                  for g in (max(1, S // 8), max(1, S // 4))}
-    rank_lengths = (per_eps.get(rank_epsilon) or run_batched(tok, images, rank_epsilon)).lengths.numpy()
+    ranked = per_eps.get(rank_epsilon) or run_batched(tok, images, rank_epsilon, guarantee=guarantee)
+    rank_lengths = ranked.lengths.numpy()
     png = np.array([png_bytes(im) for im in images])
     rho_label = spearman(rank_lengths, data.labels.numpy()) if data.labels is not None else None
     return EvalReport(data.name, len(images), T, eps_rows, budget_rows, reference,
-                      spearman(rank_lengths, png), rho_label, spearman_by_colour(images, rank_lengths, png))
+                      spearman(rank_lengths, png), rho_label, spearman_by_colour(images, rank_lengths, png),
+                      guarantee=guarantee)
 
 
 def spearman_by_colour(images: torch.Tensor, values: np.ndarray, png: np.ndarray, min_group: int = 10
@@ -125,6 +141,14 @@ def format_report(rep: EvalReport) -> str:
         lines.append(f" {r.epsilon:5.3f} | {r.mean_tokens:8.2f} | {r.median_tokens:6.1f} | {r.cv_tokens:4.2f} | "
                      f"{100 * r.meet_share:7.1f}% | {100 * r.full_budget_meet_share:16.1f}% | {r.l1:.4f} | "
                      f"{r.psnr:5.2f} | {r.ssim:.3f}")
+    if rep.guarantee is not None:
+        lines += ["", f" guarantee {rep.guarantee:g} (the eps rows above use the calibrated condition):"]
+        for r in rep.epsilon_rows:
+            lines.append(f"   eps {r.epsilon:5.3f}: " + (
+                "not promised (beyond what the calibration images reach)" if not r.promised else
+                f"met by {100 * r.meet_share:.1f}%; P(so few | promise holds) = {r.promise_p_value:.3g}"
+                + (" -> the promise fails on these images: recalibrate on data like them"
+                   if r.promise_p_value < PROMISE_ALARM else " (consistent with the promise)")))
     lines += ["", " fixed length (eps = 0) | l1     | PSNR  | SSIM", "------------------------+--------+-------+------"]
     for b in rep.budget_rows:
         lines.append(f" {b.budget:3d} tokens             | {b.l1:.4f} | {b.psnr:5.2f} | {b.ssim:.3f}")
@@ -133,6 +157,9 @@ def format_report(rep: EvalReport) -> str:
         g = name.split("_")[1]
         n = 3 * int(g.split("x")[0]) ** 2
         lines.append(f" reference {name} ({n} numbers/image): l1 {v:.4f}")
+    if math.isnan(rep.spearman_tokens_vs_png):
+        lines.append(" Spearman(tokens at eps=0.05, PNG bytes): undefined, every image kept the same count")
+        return "\n".join(lines)
     lines.append(f" Spearman(tokens at eps=0.05, PNG bytes) = {rep.spearman_tokens_vs_png:.3f}")
     if len(rep.spearman_png_by_colour) == 2:
         lines.append("   within grayscale crops only: {grayscale:.3f}; within colour crops only: {colour:.3f}"
