@@ -147,8 +147,8 @@ def format_report(rep: EvalReport) -> str:
             lines.append(f"   eps {r.epsilon:5.3f}: " + (
                 "not promised (beyond what the calibration images reach)" if not r.promised else
                 f"met by {100 * r.meet_share:.1f}%; P(so few | promise holds) = {r.promise_p_value:.3g}"
-                + (" -> the promise fails on these images: recalibrate on data like them"
-                   if r.promise_p_value < PROMISE_ALARM else " (consistent with the promise)")))
+                + (f" < {PROMISE_ALARM:g}: ALARM, the promise fails on these images; recalibrate on data like them"
+                   if r.promise_p_value < PROMISE_ALARM else f" (no alarm: not below {PROMISE_ALARM:g})")))
     lines += ["", " fixed length (eps = 0) | l1     | PSNR  | SSIM", "------------------------+--------+-------+------"]
     for b in rep.budget_rows:
         lines.append(f" {b.budget:3d} tokens             | {b.l1:.4f} | {b.psnr:5.2f} | {b.ssim:.3f}")
