@@ -18,6 +18,27 @@ def synthetic_errors(n, seed):
     return d[None, :] * (1 + 20 * CONDITIONS[:, None])
 
 
+def test_calibration_keeps_eps_itself_when_no_tightening_is_needed():
+    """Every calibrated eps is a grid condition; where the calibration images all meet eps at
+    condition eps, the calibration keeps it instead of rounding down to a tighter grid point."""
+    from kolmotok.calibration import CONDITION_GRID, EPSILON_GRID
+
+    assert set(EPSILON_GRID) <= set(CONDITION_GRID) and {0.05, 0.08, 0.12} <= set(EPSILON_GRID)
+    conditions = np.array(CONDITION_GRID)
+    errors = np.tile(0.5 * conditions[:, None], (1, 50))  # error half the condition: always met
+    cal = calibrate_errors(errors + 0.001, conditions, 0.1, "synthetic", epsilons=[0.05, 0.08, 0.12])
+    assert cal.conditions == [0.05, 0.08, 0.12] and all(cal.attainable)
+
+
+def test_lookup_finds_a_requested_grid_eps_itself():
+    """encode holds eps in float32; a request of exactly a grid eps must use that entry."""
+    from kolmotok.calibration import Calibration
+
+    cal = Calibration(0.1, "x", 10, [0.05, 0.077, 0.08, 0.12], [0.04, 0.06, 0.07, 0.1], [True] * 4)
+    cond, ok = cal.lookup(torch.tensor([0.08, 0.12, 0.0799, 0.2, 0.01], dtype=torch.float32))
+    assert cond.tolist() == pytest.approx([0.07, 0.1, 0.06, 0.1, 0.0]) and ok.tolist() == [True] * 4 + [False]
+
+
 def test_promise_p_value_is_the_binomial_tail():
     from math import comb
 
