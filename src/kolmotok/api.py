@@ -13,7 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .calibration import Calibration, calibrate, load_calibrations, save_calibrations
+from .calibration import (
+    CONDITION_GRID,
+    Calibration,
+    calibrate_errors,
+    load_calibrations,
+    measure_conditions,
+    save_calibrations,
+)
 from .checkpoint import load_model, resolve_checkpoint
 from .data.images import load_images as _load_images
 from .models import KARLTokenizer
@@ -217,16 +224,23 @@ class Tokenizer:
             miss[idx[ok]] = False
         return replace(enc, tokens=tokens, lengths=lengths, condition=cond, reencoded=reencoded)
 
-    def calibrate(self, images: torch.Tensor, alpha: float = 0.1, data: str = "images") -> Calibration:
+    def calibrate(self, images: torch.Tensor, alpha: float = 0.1, data: str = "images",
+                  progress: bool = False) -> Calibration:
         """Split-conformal calibration on held-out ``images`` (never the training or test set):
         afterwards ``encode(..., guarantee=1 - alpha)`` meets eps on at least 1 - alpha of
         images like these. See :mod:`kolmotok.calibration`; :meth:`save_calibration` stores it."""
+        return self.calibrate_alphas(images, [alpha], data, progress)[0]
+
+    def calibrate_alphas(self, images: torch.Tensor, alphas: Sequence[float], data: str = "images",
+                         progress: bool = False) -> list[Calibration]:
+        """:meth:`calibrate` for several miss rates, measuring the images once."""
         from .evaluation.evaluate import run_batched
 
         x = self._check_images(images)
-        cal = calibrate(lambda c: run_batched(self, x, c, quality=False).l1, alpha, data)
-        self.calibrations[cal.alpha] = cal
-        return cal
+        errors = measure_conditions(lambda c: run_batched(self, x, c, quality=False).l1, progress=progress)
+        cals = [calibrate_errors(errors, CONDITION_GRID, alpha, data) for alpha in alphas]
+        self.calibrations.update((c.alpha, c) for c in cals)
+        return cals
 
     def save_calibration(self, directory: str | Path) -> Path:
         """Write every calibration of this tokenizer to ``directory/calibration.json`` (atomic)."""

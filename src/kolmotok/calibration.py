@@ -13,11 +13,10 @@ sample valid (split conformal prediction; Vovk et al. 2005, Angelopoulos & Bates
    that the image meets eps at s_i *and at every smaller condition* (this makes "meets eps"
    a monotone function of the condition even where the model is not); -inf when even the
    full budget misses eps. Conditions above eps are never used: calibration only tightens
-   the target. Every calibrated eps is itself on the condition grid, so "no tightening" is
-   always a candidate (an earlier grid lacked it: eps = 0.08 could at best keep condition
-   0.0785, which cost the shipped model a quarter more tokens on photos:test). Allowing looser ones saves a few tokens on the calibration photos but does
+   the target. Allowing looser ones saves a few tokens on the calibration photos but does
    not carry over to other photographs (measured: at eps = 0.12 it chose condition 0.3, and
-   only 86.7% of photos:test crops then met eps).
+   only 86.7% of photos:test crops then met eps). Every calibrated eps is itself on the
+   condition grid, so "no tightening" is always a candidate (an earlier grid lacked it).
 3. With n images and j = floor(alpha * (n + 1)), c(eps) is the j-th smallest score. A new
    image misses only if its score falls below it, which by exchangeability has probability
    at most j / (n + 1) <= alpha.
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .io import write_json
 
@@ -115,11 +115,12 @@ def calibrate_errors(errors: np.ndarray, conditions, alpha: float, data: str,
 
 
 @torch.no_grad()
-def calibrate(measure: Callable[[float], torch.Tensor], alpha: float, data: str,
-              conditions=CONDITION_GRID, epsilons=EPSILON_GRID) -> Calibration:
-    """measure(condition) -> (N,) l1 of every calibration image encoded at that condition."""
-    errors = np.stack([measure(float(c)).double().cpu().numpy() for c in conditions])
-    return calibrate_errors(errors, conditions, alpha, data, epsilons)
+def measure_conditions(measure: Callable[[float], torch.Tensor], conditions=CONDITION_GRID,
+                       progress: bool = False) -> np.ndarray:
+    """measure(condition) -> (N,) l1 of every calibration image encoded at that condition;
+    returns the (C, N) error table that :func:`calibrate_errors` reads."""
+    bar = tqdm(conditions, desc="calibrating", unit="condition", disable=not progress, dynamic_ncols=True)
+    return np.stack([measure(float(c)).double().cpu().numpy() for c in bar])
 
 
 def promise_p_value(met: int, n: int, guarantee: float) -> float:

@@ -189,8 +189,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.data.startswith("photos:") and args.data != "photos:calib":
         log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)",
                     args.data)
-    for alpha in args.alpha:
-        cal = tok.calibrate(data.images, alpha=alpha, data=args.data)
+    for cal in tok.calibrate_alphas(data.images, args.alpha, data=args.data, progress=not args.no_progress):
+        alpha = cal.alpha
         print(f"alpha = {alpha} (guarantee {cal.guarantee:.3g}), {cal.num_images} images of {args.data}:")
         for eps in args.epsilons:
             cond, ok = cal.lookup(torch.tensor([eps]))
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=_parse_epsilons, default=[0.1],
                    help="allowed miss rate(s), comma-separated (guarantee = 1 - alpha)")
     c.add_argument("--num-images", type=int, default=512, help=NUM_IMAGES_HELP)
+    c.add_argument("--no-progress", action="store_true")
     c.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12],
                    help="eps values to print (the stored calibration covers 0.01..0.3)")
     c.add_argument("--out", help="directory for calibration.json (default: the checkpoint's own directory)")
