@@ -106,6 +106,9 @@ def test_encode_with_guarantee_and_verify(tok):
     # after verification an image meets eps or holds every token of the budget
     assert ((err <= 0.25) | (checked.lengths == 8)).all()
     assert checked.num_reencoded == int((checked.reencoded > 0).sum())
+    # with a budget of one token every image already keeps the whole budget: nothing to re-encode
+    one = tok.encode(test, 0.001, budget=1, verify=True)
+    assert (one.lengths == 1).all() and (one.reencoded == 0).all()
 
 
 def test_cli_calibrate_stores_it_with_the_checkpoint(tmp_path, model, cfg, capsys):

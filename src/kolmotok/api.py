@@ -192,7 +192,8 @@ class Tokenizer:
         guarantee: e.g. 0.9 -- encode at the calibrated condition that makes at least this share
             of images meet epsilon (needs a calibration for alpha = 1 - guarantee; see calibrate).
         verify: one extra decoder pass checks each image; those that miss epsilon are
-            re-encoded at tighter conditions (half, a quarter, then the full budget).
+            re-encoded at tighter conditions (half, a quarter, then the full budget), stopping
+            at the first that meets it or keeps the full budget (nothing tighter exists).
         """
         x = self._check_images(images)
         eps = self._check_epsilon(epsilon, x.shape[0])
@@ -210,7 +211,9 @@ class Tokenizer:
 
         tokens, lengths, cond = enc.tokens.clone(), enc.lengths.clone(), enc.condition.clone()
         reencoded = torch.zeros_like(lengths)
-        miss = (l1_per_image(self.model.detokenize(tokens, lengths), x) > enc.epsilon) & (enc.epsilon > 0)
+        # an image that already keeps the whole budget cannot do better: it is not re-encoded
+        miss = ((l1_per_image(self.model.detokenize(tokens, lengths), x) > enc.epsilon) & (enc.epsilon > 0)
+                & (lengths < enc.budget))
         for factor in (0.5, 0.25, 0.0):  # 0: every token of the budget
             idx = miss.nonzero().squeeze(1)
             if not len(idx):
@@ -219,7 +222,7 @@ class Tokenizer:
             out = self.model.tokenize(x[idx], c, enc.budget)
             reencoded[idx] += 1
             err = l1_per_image(self.model.detokenize(out.codes, out.lengths), x[idx])
-            ok = (err <= enc.epsilon[idx]) | (factor == 0)
+            ok = (err <= enc.epsilon[idx]) | (out.lengths == enc.budget) | (factor == 0)
             tokens[idx[ok]], lengths[idx[ok]], cond[idx[ok]] = out.codes[ok], out.lengths[ok], c[ok]
             miss[idx[ok]] = False
         return replace(enc, tokens=tokens, lengths=lengths, condition=cond, reencoded=reencoded)

@@ -307,25 +307,27 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_bench(res: BenchResult) -> str:
+    w = max([10, *(len(r.method) for r in res.rows)])  # method column width
     lines = [f"data {res.data}: {res.num_images} images, T_max = {res.max_tokens}, {res.device}, "
              f"{res.threads} threads; ms/img: median of {res.timing_rounds} interleaved timing rounds", "",
-             " method     |   eps | mean size | median | meet eps | l1     | PSNR  | SSIM  | enc/img | dec/img "
+             f" {'method':{w}s} |   eps | mean size | median | meet eps | l1     | PSNR  | SSIM  | enc/img | dec/img "
              "| ms/img | x KARL | MFLOPs/img",
-             "------------+-------+-----------+--------+----------+--------+-------+-------+---------+---------"
+             "-" * (w + 2) + "+-------+-----------+--------+----------+--------+-------+-------+---------+---------"
              "+--------+--------+-----------"]
     for r in res.rows:
         size = f"{r.mean_size:7.2f} {'t' if r.unit == 'tokens' else 'B'}"
         lines.append(
-            f" {r.method:10s} | {r.epsilon:5.3f} | {size:>9s} | {r.median_size:6.1f} | {100 * r.meet_share:7.1f}% | "
+            f" {r.method:{w}s} | {r.epsilon:5.3f} | {size:>9s} | {r.median_size:6.1f} | {100 * r.meet_share:7.1f}% | "
             f"{r.l1:.4f} | {r.psnr:5.2f} | {r.ssim:.3f} | {r.encoder_passes:7.2f} | {r.decoder_passes:7.2f} | "
             f"{r.wall_ms_per_image:6.3f} | {_fmt(r.wall_ratio_to_karl, '6.2f'):>6s} | "
             f"{_fmt(None if r.flops_per_image is None else r.flops_per_image / 1e6, '9.1f'):>9s}")
     meets = "/".join(f"{e:g}" for e in res.epsilons)
-    lines += ["", f" fixed length | method     | l1     | PSNR  | SSIM  | meet eps {meets}",
-              "--------------+------------+--------+-------+-------+-" + "-" * (9 + len(meets))]
+    lines += ["", f" fixed length | {'method':{w}s} | l1     | PSNR  | SSIM  | meet eps {meets}",
+              "--------------+" + "-" * (w + 2) + "+--------+-------+-------+-" + "-" * (9 + len(meets))]
     for r in sorted(res.length_rows, key=lambda r: (r.tokens, r.method)):
         shares = " / ".join(f"{100 * r.meet_share(e):.0f}%" for e in res.epsilons) if r.errors else "-"
-        lines.append(f" {r.tokens:3d} tokens   | {r.method:10s} | {r.l1:.4f} | {r.psnr:5.2f} | {r.ssim:.3f} | {shares}")
+        lines.append(f" {r.tokens:3d} tokens   | {r.method:{w}s} | {r.l1:.4f} | {r.psnr:5.2f} | {r.ssim:.3f} | "
+                     f"{shares}")
     rho = karl_oracle_spearman(res)
     if rho:
         lines += ["", " Spearman(KARL tokens, oracle tokens) per eps: " + ", ".join(f"{e}: {v:.3f}" for e, v in rho)]
