@@ -62,6 +62,8 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     full, cut = _rows(tmp_path / "full"), _rows(tmp_path / "cut")
     assert [r["step"] for r in cut] == list(range(1, 9)), "each step logged once, in order"
     assert [r["loss"] for r in cut] == [r["loss"] for r in full]
+    times = [r["time"] for r in cut]
+    assert times == sorted(times), "training time keeps counting across the resume"
     wa = load_file(str(list_checkpoints(tmp_path / "full")[-1] / "model.safetensors"))
     wb = load_file(str(list_checkpoints(tmp_path / "cut")[-1] / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

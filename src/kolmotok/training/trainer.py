@@ -188,7 +188,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.optim.warmup_steps, tc.steps, cfg.optim.min_lr_ratio))
     objective = objective or build_objective(cfg)
-    start = 0
+    start, trained_seconds = 0, 0.0
     source = make_source(tc.data, cfg.model.image_size)
     if tc.init_from and not existing:
         init_weights(model, tc.init_from)
@@ -203,6 +203,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
+        trained_seconds = float(state.get("time", 0.0))
         log.info("resumed %s at step %d", existing[-1], start)
     if tc.compile:
         for block in (model.encoder, model.decoder):
@@ -224,7 +225,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         path = out_dir / "checkpoints" / f"step_{step:07d}"
         if ddp.main:
             meta = {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": step}
-            train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "time": time.time() - t0}
             save_checkpoint(path, model, meta, train_state)
             prune_checkpoints(out_dir, tc.keep_checkpoints)
         ddp.barrier()
@@ -233,7 +235,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     model.train()
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (progress and ddp.main),
                desc="train", dynamic_ncols=True)
-    t0, last = time.time(), None
+    t0, last = time.time() - trained_seconds, None  # "time" in metrics: training seconds, across resumes
     loader = torch.utils.data.DataLoader(
         StepBatches(source, tc.batch_size, tc.seed, start, tc.steps, ddp.rank, ddp.world), batch_size=None,
         num_workers=tc.data_workers, pin_memory=device.type == "cuda",
