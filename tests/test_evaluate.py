@@ -16,3 +16,16 @@ def test_spearman_by_colour_splits_grayscale_from_colour_crops():
     by = spearman_by_colour(images, values, png)
     assert by == {"grayscale": pytest.approx(1.0), "colour": pytest.approx(1.0)}
     assert spearman_by_colour(images[:14], values[:14], png[:14]) == {"grayscale": pytest.approx(1.0)}
+
+
+def test_report_keeps_the_complexity_line_when_png_rank_is_undefined():
+    """Every image at the same count (e.g. a guarantee that uses every token) leaves Spearman
+    against PNG undefined; the ground-truth complexity line must still be printed."""
+    from kolmotok.evaluation.evaluate import BudgetRow, EpsilonRow, EvalReport, format_report
+
+    row = EpsilonRow(0.05, 32.0, 32.0, 0.0, 0.8, 0.8, 0.03, 29.0, 0.75)
+    rep = EvalReport("shapes", 8, 32, [row], [BudgetRow(32, 0.03, 29.0, 0.75)], {"resample_4x4": 0.06},
+                     float("nan"), 0.5, {"grayscale": float("nan"), "colour": float("nan")})
+    text = format_report(rep)
+    assert "PNG bytes): undefined" in text and "within grayscale" not in text
+    assert "ground-truth complexity) = 0.500" in text

@@ -240,7 +240,7 @@ class Tokenizer:
         from .evaluation.evaluate import run_batched
 
         x = self._check_images(images)
-        errors = measure_conditions(lambda c: run_batched(self, x, c, quality=False).l1, progress=progress)
+        errors = measure_conditions(lambda c: run_batched(self, x, c, quality=False).l1, CONDITION_GRID, progress)
         cals = [calibrate_errors(errors, CONDITION_GRID, alpha, data) for alpha in alphas]
         self.calibrations.update((c.alpha, c) for c in cals)
         return cals

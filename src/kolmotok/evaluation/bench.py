@@ -184,8 +184,6 @@ def retime(jobs: list[tuple[Method, float]], rows: list[Row], images: torch.Tens
     """Time every job ``rounds - 1`` more times, in rounds that run every job once (alternately
     forwards and backwards, so a slow drift of the machine falls on all methods alike), and keep
     the median: wall-time ratios then compare methods timed side by side."""
-    if rounds < 1:
-        raise ValueError(f"timing rounds must be at least 1, got {rounds}")
     order = list(range(len(jobs)))
     bar = tqdm(total=(rounds - 1) * len(jobs), desc="timing rounds", disable=not progress or rounds < 2,
                dynamic_ncols=True)
@@ -201,6 +199,8 @@ def retime(jobs: list[tuple[Method, float]], rows: list[Row], images: torch.Tens
 
 def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_tokens: int, batch: int = 256,
               count_flops: bool = True, progress: bool = True, timing_rounds: int = 3) -> BenchResult:
+    if timing_rounds < 1:
+        raise ValueError(f"timing rounds must be at least 1, got {timing_rounds}")
     images = data.images
     jobs = [(m, e) for m in methods for e in epsilons]
     rows = [measure(m, images, e, batch, count_flops)

@@ -90,8 +90,7 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
              guarantee: float | None = None) -> EvalReport:
     """The eval table; with ``guarantee`` the eps rows use the calibrated condition and say, per eps,
     whether the promise holds on these images (:func:`kolmotok.calibration.promise_p_value`)."""
-    if guarantee is not None:
-        tok.calibration_for(guarantee)  # fail before any work
+    calibration = None if guarantee is None else tok.calibration_for(guarantee)  # fails before any work
     images = data.images
     T = tok.max_tokens
     budgets = sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T})
@@ -103,10 +102,10 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
         per_eps[eps] = r
         n = r.lengths.float()
         met = int((r.l1 <= eps).sum())
-        promised = None if guarantee is None else bool(tok.calibration_for(guarantee).lookup(torch.tensor([eps]))[1])
+        promised = None if calibration is None else bool(calibration.lookup(torch.tensor([eps]))[1])
         eps_rows.append(EpsilonRow(
             epsilon=eps, mean_tokens=float(n.mean()), median_tokens=float(n.median()),
-            cv_tokens=float(n.std(unbiased=False) / n.mean()), meet_share=float((r.l1 <= eps).float().mean()),
+            cv_tokens=float(n.std(unbiased=False) / n.mean()), meet_share=met / len(images),
             full_budget_meet_share=float((full.l1 <= eps).float().mean()), l1=float(r.l1.mean()),
             psnr=float(r.psnr.mean()), ssim=float(r.ssim.mean()), promised=promised,
             promise_p_value=promise_p_value(met, len(images), guarantee) if promised else None))
@@ -159,9 +158,9 @@ def format_report(rep: EvalReport) -> str:
         lines.append(f" reference {name} ({n} numbers/image): l1 {v:.4f}")
     if math.isnan(rep.spearman_tokens_vs_png):
         lines.append(" Spearman(tokens at eps=0.05, PNG bytes): undefined, every image kept the same count")
-        return "\n".join(lines)
-    lines.append(f" Spearman(tokens at eps=0.05, PNG bytes) = {rep.spearman_tokens_vs_png:.3f}")
-    if len(rep.spearman_png_by_colour) == 2:
+    else:
+        lines.append(f" Spearman(tokens at eps=0.05, PNG bytes) = {rep.spearman_tokens_vs_png:.3f}")
+    if len(rep.spearman_png_by_colour) == 2 and not math.isnan(rep.spearman_tokens_vs_png):
         lines.append("   within grayscale crops only: {grayscale:.3f}; within colour crops only: {colour:.3f}"
                      .format(**rep.spearman_png_by_colour))
     if rep.spearman_tokens_vs_label is not None and not math.isnan(rep.spearman_tokens_vs_label):
