@@ -80,6 +80,18 @@ def test_encode_with_guarantee_and_verify(tmp_path, capsys):
     assert "no calibration for guarantee 0.5" in capsys.readouterr().err
 
 
+def test_encode_rejects_bad_flags_before_reading(tmp_path, capsys):
+    """A bad flag is reported as such (status 2) even when the inputs are unreadable too."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    for flags, message in ((["--epsilon", "-1"], "epsilon must be finite and >= 0"),
+                           (["--budget", "99"], "budget must be an integer in 1..32"),
+                           (["--guarantee", "0.5"], "no calibration for guarantee 0.5")):
+        assert main(["encode", str(bad), "--device", "cpu", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "bad.png" not in err
+
+
 def test_info_and_version(run_dir, capsys):
     assert main(["info", "--ckpt", str(run_dir), "--json", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)

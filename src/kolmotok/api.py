@@ -169,6 +169,15 @@ class Tokenizer:
             raise ValueError(f"budget must be an integer in 1..{self.max_tokens}, got {budget!r}")
         return budget
 
+    def check_options(self, epsilon: float | Sequence[float] | torch.Tensor = 0.05, budget: int | None = None,
+                      guarantee: float | None = None) -> None:
+        """Raise ValueError for options :meth:`encode` would refuse, before any image is read
+        (the CLI checks its flags with this, so a bad flag costs no work)."""
+        self._check_epsilon(epsilon, torch.as_tensor(epsilon).numel())
+        self._check_budget(budget)
+        if guarantee is not None:
+            self.calibration_for(guarantee)
+
     # ------------------------------------------------------------------ inference
     def calibration_for(self, guarantee: float) -> Calibration:
         """The stored calibration promising ``guarantee`` (= 1 - alpha); ValueError if there is none."""

@@ -109,6 +109,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .evaluation.metrics import l1_per_image
 
     tok = _load(args)
+    tok.check_options(args.epsilon, args.budget, args.guarantee)
     paths = [Path(p) for p in args.images]
     outputs = dict(zip(paths, reconstruction_paths(paths, Path(args.out)))) if args.out else {}
     failed = 0
