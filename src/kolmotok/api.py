@@ -223,7 +223,7 @@ class Tokenizer:
         # an image that already keeps the whole budget cannot do better: it is not re-encoded
         miss = ((l1_per_image(self.model.detokenize(tokens, lengths), x) > enc.epsilon) & (enc.epsilon > 0)
                 & (lengths < enc.budget))
-        for factor in (0.5, 0.25, 0.0):  # 0: every token of the budget
+        for factor in (0.5, 0.25, 0.0):  # 0: every token of the budget, so the last try always ends
             idx = miss.nonzero().squeeze(1)
             if not len(idx):
                 break
@@ -231,7 +231,7 @@ class Tokenizer:
             out = self.model.tokenize(x[idx], c, enc.budget)
             reencoded[idx] += 1
             err = l1_per_image(self.model.detokenize(out.codes, out.lengths), x[idx])
-            ok = (err <= enc.epsilon[idx]) | (out.lengths == enc.budget) | (factor == 0)
+            ok = (err <= enc.epsilon[idx]) | (out.lengths == enc.budget)
             tokens[idx[ok]], lengths[idx[ok]], cond[idx[ok]] = out.codes[ok], out.lengths[ok], c[ok]
             miss[idx[ok]] = False
         return replace(enc, tokens=tokens, lengths=lengths, condition=cond, reencoded=reencoded)
