@@ -18,10 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+# the tiny preset's defaults when the sweep was run (docs/DESIGN.md §1), before the PCA linear
+# path and the later objective changes; every candidate starts from these
+SWEEP_BASE = ["model.linear_path=false", "model.quantizer=fsq", "model.token_dim=16", "optim.lr=0.002",
+              "optim.warmup_steps=300", "objective.halting_weight=0.1", "objective.shorter_prefix_tolerance=-1"]
+
 CANDIDATES = {
     # the naive design of the planning prototype: linear patchify, patch 8, linear head
     "vit-p8-fsq": ["model.stem=linear", "model.patch_size=8"],
-    # conv stem/head, patch 4 (the tiny preset)
+    # conv stem/head, patch 4 (the tiny preset of the time)
     "conv-p4-fsq": [],
     # same, continuous 16-d tokens instead of FSQ codes
     "conv-p4-cont": ["model.quantizer=continuous", "model.token_dim=16"],
@@ -34,7 +39,7 @@ def launch(name: str, out: Path, steps: int, device: str, workers: int, extra: l
     cmd = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(out / name),
            "--steps", str(steps), "--device", device, "--data-workers", str(workers), "--no-progress",
            "--set", f"train.eval_every={max(steps // 12, 50)}", "--set", f"train.checkpoint_every={steps}"]
-    for s in CANDIDATES[name] + extra:
+    for s in SWEEP_BASE + CANDIDATES[name] + extra:
         cmd += ["--set", s]
     log = open(out / f"{name}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -5,7 +5,8 @@
 
 Prints images/s for one encoder pass and one decoder pass (eps = 0.05), the peak
 resident memory of the process (CPU) or peak allocated memory (CUDA), and the
-parameter count and training seconds/step of each preset at its default batch size.
+parameter count and training seconds/step of each preset (tiny at its default batch size,
+the larger presets at batch 8).
 ``--compare`` also times a second checkpoint side by side: rounds alternate between the two
 models on the same images, and the medians and their ratio are printed, so drift of a shared
 machine hits both alike.

@@ -51,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_fit_halting(args: argparse.Namespace) -> int:
     from .api import shipped_checkpoint
+    from .training.distributed import pick_device
     from .training.halting_fit import HaltingFitConfig, fit_halting
 
     cfg = HaltingFitConfig()
@@ -62,7 +63,7 @@ def cmd_fit_halting(args: argparse.Namespace) -> int:
         log.warning("fitting the halting head on %s: the test and calibration photographs should stay unseen",
                     cfg.data)
     ckpt = args.ckpt or shipped_checkpoint()
-    out = fit_halting(ckpt, args.out, cfg, device=args.device or "cpu", progress=not args.no_progress)
+    out = fit_halting(ckpt, args.out, cfg, device=pick_device(args.device or "auto"), progress=not args.no_progress)
     print(f"checkpoint: {out}\n(its halting changed: run `kolmotok calibrate --ckpt {out}` before using guarantees)")
     return 0
 
@@ -325,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-images", type=int, default=512, help=NUM_IMAGES_HELP)
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12],
-                   help="eps values to print (the stored calibration covers 0.01..0.3)")
+                   help="eps values to print (the stored calibration covers about 0.01..0.3)")
     c.add_argument("--out", help="directory for calibration.json (default: the checkpoint's own directory)")
     c.set_defaults(func=cmd_calibrate)
 
@@ -334,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="photos:test")
     b.add_argument("--epsilons", type=_parse_epsilons, default=[0.03, 0.05, 0.08, 0.12])
     b.add_argument("--methods", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
-                   help="comma-separated (default all): karl, karl@0.9, oracle, prefix, recurrent, fixed, "
-                        "codecs (or png, jpeg, webp)")
+                   help="comma-separated; default: karl, karl@0.9, oracle, prefix, recurrent, fixed (every "
+                        "fixedN baseline), codecs (png, jpeg, webp). Also: karl@G and karl+verify / "
+                        "karl@G+verify (calibrated guarantee G, checked), fixedN, png, jpeg, webp")
     b.add_argument("--baselines", default="runs/baselines",
                    help="directory of baseline runs prefix/, recurrent/, fixedN/ (benchmarks/train_baselines.sh)")
     b.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)

@@ -93,7 +93,7 @@ OBJECTIVES = ("karl", "fixed", "prefix", "recurrent")
 
 @dataclass
 class ObjectiveConfig:
-    """The training objective: KARL's two-phase objective (KARL.md, "Training") or a baseline's.
+    """The training objective: KARL's two-phase objective (KARL paper §3) or a baseline's.
 
     kind: "karl"; "fixed" (always ``fixed_length`` tokens, TiTok-style); "prefix" (a random
     tail of tokens dropped per image, nested dropout); "recurrent" (ALIT-style rollouts of

@@ -6,7 +6,7 @@ A :class:`Method` answers two questions about a batch of images:
 * ``at_length(images, n)``: its reconstruction from exactly n tokens (None if it cannot),
 
 each as a :class:`MethodOutput` that also counts the encoder and decoder passes spent on
-every image, so the benchmark needs no per-method code. Methods (KARL.md, "baselines"):
+every image, so the benchmark needs no per-method code. Methods (docs/DESIGN.md §6):
 
 * ``karl``: one encoder + one decoder pass at any eps (``karl@0.9``: calibrated guarantee).
 * ``oracle``: our KARL model in fixed-length mode, searched per image for the smallest

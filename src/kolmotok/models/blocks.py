@@ -120,7 +120,7 @@ class PixelHead(nn.Module):
 class EpsilonEmbedding(nn.Module):
     """Target error eps (B,) -> one token (B, 1, D).
 
-    A continuous embedding of log(eps) (KARL.md allows this instead of ~19 bins): eps is
+    A continuous embedding of log(eps) (instead of one learned embedding per eps bin): eps is
     clamped to ``floor`` (so eps = 0, "do your best", maps to the floor), rescaled to
     [0, 1] and expanded in Fourier features before an MLP.
     """

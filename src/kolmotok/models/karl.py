@@ -125,7 +125,7 @@ def prefix_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def lengths_from_halting(halt_logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """First-halted-token semantics (KARL.md "The length").
+    """First-halted-token semantics (KARL's halting).
 
     A token halts when sigmoid(logit) > threshold; the representation stops at the
     first halted token, so every representation is a prefix. The first token is

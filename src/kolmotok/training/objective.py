@@ -2,8 +2,7 @@
 :func:`build_objective` picks one by ``objective.kind``. Baselines (same backbone, own
 objective): :class:`FixedObjective`, :class:`PrefixObjective`, :class:`RecurrentObjective`.
 
-:class:`KARLObjective` is the two-phase "upside-down RL" objective of KARL (paper §3;
-KARL.md "Training"), run on every batch:
+:class:`KARLObjective` is the two-phase "upside-down RL" objective of KARL (paper §3), run on every batch:
 
 1. *Estimate Image Complexity*: a random budget T, condition eps = 0 ("do your best"),
    all T tokens active; the per-image l1 it achieves, eps_T, is recorded (detached).
