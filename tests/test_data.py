@@ -25,6 +25,16 @@ def test_sources_are_deterministic_and_in_range():
         assert a.min() >= 0 and a.max() <= 1
 
 
+def test_photo_eval_set_names_the_photograph_of_each_crop():
+    """photos:calib has one colour photograph (chelsea) and two grayscale ones: a crop's
+    colourfulness must agree with the photograph it is attributed to."""
+    data = eval_set("photos:calib", 32, num_images=60)
+    assert torch.equal(data.images, make_source("photos:calib", 32).sample(60, torch.Generator().manual_seed(1234)))
+    assert set(data.names) == set(SPLITS["calib"])
+    gray = (data.images.amax(1) - data.images.amin(1)).flatten(1).amax(1) < 1e-6
+    assert gray.tolist() == [name != "chelsea.png" for name in data.names]
+
+
 def test_shapes_complexity_labels():
     images, labels = draw(64, 32, torch.Generator().manual_seed(0))
     flat = labels == 0

@@ -129,7 +129,7 @@ class EvalSet:
     name: str
     images: torch.Tensor  # (N, 3, S, S)
     labels: torch.Tensor | None = None  # ground-truth complexity (shapes only)
-    names: list[str] | None = None  # file names (folders only)
+    names: list[str] | None = None  # where each image came from: its file (folders), its photograph (photos)
 
 
 def folder_subset(files: list[Path], num_images: int, g: torch.Generator) -> list[Path]:
@@ -157,4 +157,7 @@ def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234
             raise ValueError(f"{spec}: no readable images found")
         return EvalSet(spec, loaded.images, names=[str(p) for p in loaded.paths])
     source = make_source(spec, image_size)
+    if isinstance(source, PhotoCrops):
+        images, photos = source.sample_with_sources(num_images, g)
+        return EvalSet(spec, images, names=photos)
     return EvalSet(spec, source.sample(num_images, g))

@@ -62,10 +62,17 @@ class PhotoCrops:
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 3, S, S) crops, fully determined by ``generator``."""
+        return self.sample_with_sources(n, generator)[0]
+
+    def sample_with_sources(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        """:meth:`sample`, plus the file name of the photograph each crop was cut from."""
         R = self.image_size
         out = torch.empty(n, 3, R, R)
+        sources = []
         for i in range(n):
-            photo = self.photos[int(torch.randint(len(self.photos), (1,), generator=generator))]
+            index = int(torch.randint(len(self.photos), (1,), generator=generator))
+            sources.append(SPLITS[self.split][index])
+            photo = self.photos[index]
             _, H, W = photo.shape
             factor = CROP_FACTORS[int(torch.randint(len(CROP_FACTORS), (1,), generator=generator))]
             side = max(1, min(H, W, round(R * factor)))
@@ -77,4 +84,4 @@ class PhotoCrops:
             if bool(torch.rand((), generator=generator) < 0.5):
                 crop = crop.flip(-1)
             out[i] = crop[0].clamp(0.0, 1.0)
-        return out
+        return out, sources
