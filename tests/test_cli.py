@@ -123,6 +123,16 @@ def test_eval_json(run_dir, capsys):
     assert rep["num_images"] == 12 and rep["budget_rows"][-1]["budget"] == 8
 
 
+def test_eval_by_source_names_the_test_photographs(run_dir, capsys):
+    from kolmotok.data.photos import SPLITS
+
+    rc = main(["eval", "--ckpt", str(run_dir), "--device", "cpu", "--data", "photos:test", "--num-images", "12",
+               "--epsilons", "0.05", "--by-source", "--json"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)["by_source"]
+    assert {r["source"] for r in rows} <= set(SPLITS["test"]) and sum(r["num_images"] for r in rows) == 12
+
+
 def test_demo_on_shipped_checkpoint(tmp_path, capsys):
     assert main(["demo", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

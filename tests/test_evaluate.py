@@ -29,3 +29,29 @@ def test_report_keeps_the_complexity_line_when_png_rank_is_undefined():
     text = format_report(rep)
     assert "PNG bytes): undefined" in text and "within grayscale" not in text
     assert "ground-truth complexity) = 0.500" in text
+
+
+def test_eval_by_source_splits_the_table_by_subfolder(model):
+    """Per-source rows partition the images: their counts add up, and their shares and token
+    means, weighted by size, give the whole set's."""
+    from kolmotok.api import Tokenizer
+    from kolmotok.data import EvalSet
+    from kolmotok.evaluation.evaluate import evaluate, format_report
+
+    tok = Tokenizer(model)
+    images = torch.rand(7, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    names = ["/d/cam1/a.png", "/d/cam1/b.png", "/d/cam2/c.png", "/d/top.png", "/d/cam2/x/e.png", "/d/cam1/f.png",
+             "/d/cam2/g.png"]
+    data = EvalSet("folder:/d", images, names=names)
+    assert data.sources == ["cam1", "cam1", "cam2", ".", "cam2/x", "cam1", "cam2"]
+    rep = evaluate(tok, data, [0.05, 0.3], by_source=True)
+    assert [s.source for s in rep.by_source] == [".", "cam1", "cam2", "cam2/x"]
+    assert [s.num_images for s in rep.by_source] == [1, 3, 2, 1]
+    for i, row in enumerate(rep.epsilon_rows):
+        weights = [s.num_images / 7 for s in rep.by_source]
+        assert sum(w * s.meet_share[i] for w, s in zip(weights, rep.by_source)) == pytest.approx(row.meet_share)
+        assert sum(w * s.mean_tokens[i] for w, s in zip(weights, rep.by_source)) == pytest.approx(row.mean_tokens)
+    assert "cam2/x" in format_report(rep) and "by source" in format_report(rep)
+    assert evaluate(tok, data, [0.05]).by_source == []
+    with pytest.raises(ValueError, match="no sources"):
+        evaluate(tok, EvalSet("shapes", images), [0.05], by_source=True)

@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     tok = _load(args)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee)
+    report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
     e.add_argument("--guarantee", type=float,
                    help=GUARANTEE_HELP + "; also tests whether the promise holds on these images (monitoring)")
+    e.add_argument("--by-source", action="store_true",
+                   help="also per source: each photograph (photos:SPLIT) or subfolder (folder:PATH), with the "
+                        "promise check per source under --guarantee")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--out", help="also write the JSON report to this file")
     e.set_defaults(func=cmd_eval)

@@ -15,6 +15,7 @@ evaluation uses :func:`eval_set`, a fixed set of images for a spec.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -130,6 +131,17 @@ class EvalSet:
     images: torch.Tensor  # (N, 3, S, S)
     labels: torch.Tensor | None = None  # ground-truth complexity (shapes only)
     names: list[str] | None = None  # where each image came from: its file (folders), its photograph (photos)
+
+    @property
+    def sources(self) -> list[str] | None:
+        """Each image's source for per-source breakdowns: its photograph (``photos:``), or the
+        subfolder of its file below the folder root, ``.`` for the root itself (``folder:``)."""
+        if self.names is None:
+            return None
+        if self.name.startswith("folder:"):
+            root = self.name.partition(":")[2]
+            return [os.path.relpath(Path(n).parent, root) for n in self.names]
+        return list(self.names)
 
 
 def folder_subset(files: list[Path], num_images: int, g: torch.Generator) -> list[Path]:

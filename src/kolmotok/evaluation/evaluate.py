@@ -68,6 +68,16 @@ class BudgetRow:
 
 
 @dataclass
+class SourceRow:
+    """One source's images (a photograph, a subfolder): per eps of the report, in its order."""
+    source: str
+    num_images: int
+    mean_tokens: list[float]
+    meet_share: list[float]
+    promise_p_value: list[float | None]  # with a guarantee, where it is promised; else None
+
+
+@dataclass
 class EvalReport:
     data: str
     num_images: int
@@ -81,16 +91,21 @@ class EvalReport:
     spearman_png_by_colour: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     guarantee: float | None = None  # the eps rows were encoded with this calibrated guarantee
+    by_source: list[SourceRow] = field(default_factory=list)  # filled when asked for (eval --by-source)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsilon: float = 0.05,
-             guarantee: float | None = None) -> EvalReport:
+             guarantee: float | None = None, by_source: bool = False) -> EvalReport:
     """The eval table; with ``guarantee`` the eps rows use the calibrated condition and say, per eps,
-    whether the promise holds on these images (:func:`kolmotok.calibration.promise_p_value`)."""
+    whether the promise holds on these images (:func:`kolmotok.calibration.promise_p_value`).
+    ``by_source`` adds the same per source of the images (:attr:`EvalSet.sources`)."""
     calibration = None if guarantee is None else tok.calibration_for(guarantee)  # fails before any work
+    if by_source and data.sources is None:
+        raise ValueError(f"{data.name}: its images have no sources to break down by; "
+                         "use photos:SPLIT (by photograph) or folder:PATH (by subfolder)")
     images = data.images
     T = tok.max_tokens
     budgets = sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T})
@@ -120,7 +135,24 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
     rho_label = spearman(rank_lengths, data.labels.numpy()) if data.labels is not None else None
     return EvalReport(data.name, len(images), T, eps_rows, budget_rows, reference,
                       spearman(rank_lengths, png), rho_label, spearman_by_colour(images, rank_lengths, png),
-                      guarantee=guarantee)
+                      guarantee=guarantee,
+                      by_source=source_rows(data.sources, eps_rows, per_eps, guarantee) if by_source else [])
+
+
+def source_rows(sources: list[str], eps_rows: list[EpsilonRow], per_eps: dict[float, Reconstructions],
+                guarantee: float | None) -> list[SourceRow]:
+    """Tokens and share meeting eps per source; with a guarantee, each source's promise check."""
+    names = np.array(sources)
+    rows = []
+    for source in sorted(set(sources)):
+        sel = torch.from_numpy(names == source)
+        n = int(sel.sum())
+        met = [int((per_eps[r.epsilon].l1[sel] <= r.epsilon).sum()) for r in eps_rows]
+        rows.append(SourceRow(
+            source, n, [float(per_eps[r.epsilon].lengths[sel].float().mean()) for r in eps_rows],
+            [m / n for m in met],
+            [promise_p_value(m, n, guarantee) if r.promised else None for m, r in zip(met, eps_rows)]))
+    return rows
 
 
 def spearman_by_colour(images: torch.Tensor, values: np.ndarray, png: np.ndarray, min_group: int = 10
@@ -130,6 +162,20 @@ def spearman_by_colour(images: torch.Tensor, values: np.ndarray, png: np.ndarray
     gray = ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).cpu().numpy()
     return {name: spearman(values[sel], png[sel]) for name, sel in (("grayscale", gray), ("colour", ~gray))
             if sel.sum() >= min_group}
+
+
+def format_sources(rep: EvalReport) -> list[str]:
+    eps = " / ".join(f"{r.epsilon:g}" for r in rep.epsilon_rows)
+    width = max(len(s.source) for s in rep.by_source)
+    lines = ["", f" by source: share meeting eps, then mean tokens, at eps {eps}"]
+    for s in rep.by_source:
+        alarms = [f"{r.epsilon:g}" for r, p in zip(rep.epsilon_rows, s.promise_p_value)
+                  if p is not None and p < PROMISE_ALARM]
+        lines.append(f"   {s.source:<{width}} {s.num_images:5d} images: "
+                     + " / ".join(f"{100 * m:5.1f}%" for m in s.meet_share) + " | "
+                     + " / ".join(f"{t:5.2f}" for t in s.mean_tokens)
+                     + (f"  ALARM: promise fails at eps {', '.join(alarms)}" if alarms else ""))
+    return lines
 
 
 def format_report(rep: EvalReport) -> str:
@@ -148,6 +194,8 @@ def format_report(rep: EvalReport) -> str:
                 f"met by {100 * r.meet_share:.1f}%; P(so few | promise holds) = {r.promise_p_value:.3g}"
                 + (f" < {PROMISE_ALARM:g}: ALARM, the promise fails on these images; recalibrate on data like them"
                    if r.promise_p_value < PROMISE_ALARM else f" (no alarm: not below {PROMISE_ALARM:g})")))
+    if rep.by_source:
+        lines += format_sources(rep)
     lines += ["", " fixed length (eps = 0) | l1     | PSNR  | SSIM", "------------------------+--------+-------+------"]
     for b in rep.budget_rows:
         lines.append(f" {b.budget:3d} tokens             | {b.l1:.4f} | {b.psnr:5.2f} | {b.ssim:.3f}")
