@@ -140,6 +140,21 @@ def test_demo_on_shipped_checkpoint(tmp_path, capsys):
     assert Image.open(tmp_path / "demo.png").size[0] > 100
 
 
+def test_bad_outputs_and_numbers_fail_before_any_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for argv, said in [(["eval", "--data", "shapes", "--out", str(tmp_path / "afile" / "r.json")], "afile' is a file"),
+                       (["eval", "--data", "shapes", "--out", str(tmp_path)], "exists and is a directory"),
+                       (["demo", "--out", str(tmp_path / "afile")], "afile' exists and is a file")]:
+        assert main(argv + ["--device", "cpu"]) == 2
+        assert said in capsys.readouterr().err
+    for argv, said in [(["calibrate", "--alpha", "nan"], "--alpha 'nan'"), (["eval", "--epsilons", "inf"], "finite"),
+                       (["bench", "--methods", ","], "--methods"), (["encode", "a.png", "--batch-size", "0"],
+                                                                   "--batch-size '0'")]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert said in capsys.readouterr().err
+
+
 def test_clear_errors(tmp_path, capsys):
     assert main(["eval", "--ckpt", str(tmp_path / "nope"), "--device", "cpu"]) == 2
     assert "error" in capsys.readouterr().err

@@ -92,6 +92,19 @@ def test_corrupt_file_is_named_and_skipped(tmp_path):
         load_image(tmp_path / "missing.png", 16)
 
 
+def test_nan_huge_and_directory_inputs_are_named_and_skipped(tmp_path, monkeypatch):
+    Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32), mode="F").save(tmp_path / "nan.tif")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "big.png")
+    Image.new("RGB", (4, 4), "blue").save(tmp_path / "ok.png")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 is then a decompression bomb
+    loaded = load_images([tmp_path / n for n in ("nan.tif", "big.png", "sub", "ok.png")], 16)
+    assert [p.name for p in loaded.paths] == ["ok.png"]
+    reasons = {p.name: r for p, r in loaded.failures}
+    assert "not finite" in reasons["nan.tif"] and "too large" in reasons["big.png"]
+    assert "a directory" in reasons["sub"]
+
+
 def test_folder_source_reads_lazily_and_skips_corrupt_files(tmp_path):
     import numpy as np
     from PIL import Image

@@ -1,5 +1,6 @@
 """Refitting the halting head to exact labels: labels, frozen backbone, and that the fit learns."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -65,6 +66,14 @@ def test_fit_changes_only_the_halting_head_and_learns_the_labels(tmp_path):
     images, _ = shapes.draw(64, 16, g)
     eps = torch.exp(torch.empty(64).uniform_(-4.0, -1.5, generator=g))
     assert _length_error(tok.model, images, eps) < 0.6 * _length_error(model.eval(), images, eps)
+
+
+def test_fit_halting_never_overwrites_a_non_empty_directory(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an empty directory"):
+        fit_halting(tmp_path / "no-ckpt-needed", tmp_path / "precious", HaltingFitConfig(), progress=False)
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "x"
 
 
 def test_cli_fit_halting(tmp_path, capsys):

@@ -76,6 +76,18 @@ def test_existing_run_needs_resume(tmp_path):
         train(cfg, tmp_path / "r", progress=False)
 
 
+def test_zero_counts_are_refused_before_any_work(tmp_path):
+    for key in ("train.checkpoint_every=0", "train.grad_accum=0", "train.batch_size=0", "train.steps=-5"):
+        with pytest.raises(ValueError, match=key.split("=")[0]):
+            train(small_config(key, "train.data=shapes"), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, caplog):
+    train(small_config("train.steps=1", "train.data=shapes"), tmp_path / "new", resume=True, progress=False)
+    assert "holds no checkpoint yet" in caplog.text
+
+
 def test_kill_9_then_resume(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(run), "--data", "shapes",

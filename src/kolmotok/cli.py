@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -15,19 +17,66 @@ from . import __version__
 log = logging.getLogger("kolmotok")
 
 
+FILE_OUTPUTS = ("eval",)  # subcommands whose --out is a file; every other --out is a directory
 GUARANTEE_HELP = "calibrated share of images meeting eps, e.g. 0.9 (needs a calibration: kolmotok calibrate)"
 NUM_IMAGES_HELP = ("images in the fixed, seeded eval set; a folder: all its files if it has no more, else a "
                    "fixed random subset of this many (0 = all)")
 
 
-def _parse_epsilons(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--epsilons {text!r}: expected comma-separated numbers") from None
-    if not values or any(v < 0 or v != v for v in values):
-        raise argparse.ArgumentTypeError(f"--epsilons {text!r}: expected non-negative numbers")
-    return values
+def _numbers(flag: str):
+    """argparse type: comma-separated finite, non-negative numbers (errors name ``flag``)."""
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated numbers") from None
+        if not values or any(not math.isfinite(v) or v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected finite, non-negative numbers")
+        return values
+    return parse
+
+
+def _at_least(flag: str, minimum: int):
+    """argparse type: an integer >= ``minimum`` (errors name ``flag``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: must be at least {minimum}")
+        return value
+    return parse
+
+
+def _names(flag: str):
+    """argparse type: a non-empty comma-separated list of names."""
+    def parse(text: str) -> list[str]:
+        names = [m.strip() for m in text.split(",") if m.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated names")
+        return names
+    return parse
+
+
+def check_output(path: str | os.PathLike | None, directory: bool) -> None:
+    """Fail before any work if ``path`` cannot be written: a file where a directory is meant (or
+    the reverse), a parent that is a file, or a nearest existing parent that cannot be written in."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and target.is_dir() != directory:
+        raise ValueError(f"output {str(target)!r} exists and is {'a file' if directory else 'a directory'}; "
+                         f"expected {'a directory' if directory else 'a file'}")
+    parent = target if directory and target.exists() else target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"output {str(target)!r}: {str(parent)!r} is a file, not a directory")
+    try:  # a probe file: permission bits alone do not tell (root, read-only mounts)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise ValueError(f"output {str(target)!r}: cannot write in {str(parent)!r} ({exc.strerror})") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -257,17 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="named config: tiny, small, base, small-vae, base-vae, or a baseline such as tiny-prefix")
     t.add_argument("--data", help="data spec: photos, shapes, folder:PATH, or A@w+B@v (default: the preset's)")
     t.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--steps", type=_at_least("--steps", 1))
+    t.add_argument("--batch-size", type=_at_least("--batch-size", 1))
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--data-workers", type=int, help="DataLoader worker processes")
+    t.add_argument("--threads", type=_at_least("--threads", 0), help="torch CPU threads")
+    t.add_argument("--data-workers", type=_at_least("--data-workers", 0), help="DataLoader worker processes")
     t.add_argument("--base-autoencoder", metavar="DIR",
                    help="local diffusers AutoencoderKL/VQModel directory whose latents to tokenize (-vae presets)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (GPU); default fp32")
     t.add_argument("--compile", action="store_true", help="torch.compile the transformers")
-    t.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    t.add_argument("--grad-accum", type=_at_least("--grad-accum", 1), help="micro-batches per optimizer step")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config)")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -283,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_ckpt(f)
     f.add_argument("--out", required=True, help="directory for the new checkpoint")
     f.add_argument("--data", help="training data spec (default photos@3+shapes; never calib or test photos)")
-    f.add_argument("--images", type=int, help="training images whose error curves are measured (default 3072)")
-    f.add_argument("--steps", type=int, help="optimizer steps (default 3000)")
+    f.add_argument("--images", type=_at_least("--images", 1),
+                   help="training images whose error curves are measured (default 3072)")
+    f.add_argument("--steps", type=_at_least("--steps", 1), help="optimizer steps (default 3000)")
     f.add_argument("--seed", type=int, help="default 0")
     f.add_argument("--hidden", type=int, help="width of the halting MLP added to a model without one (default 64)")
     f.add_argument("--no-progress", action="store_true")
@@ -293,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="tokens, error and quality per eps on an evaluation set")
     add_ckpt(e)
     e.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
-    e.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12])
-    e.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
+    e.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12])
+    e.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     e.add_argument("--guarantee", type=float,
                    help=GUARANTEE_HELP + "; also tests whether the promise holds on these images (monitoring)")
     e.add_argument("--by-source", action="store_true",
@@ -314,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     n.add_argument("--verify", action="store_true",
                    help="one more decoder pass checks each image; misses are re-encoded at a tighter condition")
-    n.add_argument("--batch-size", type=int, default=64)
+    n.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=64)
     n.add_argument("--json", action="store_true", help="one JSON line per image")
     n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
     n.add_argument("--out", help="write reconstructions (PNG) to this directory, mirroring the inputs' folders "
@@ -324,11 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="split-conformal calibration: a guaranteed share of images meets eps")
     add_ckpt(c)
     c.add_argument("--data", default="photos:calib", help="held-out images, disjoint from training and test")
-    c.add_argument("--alpha", type=_parse_epsilons, default=[0.1],
+    c.add_argument("--alpha", type=_numbers("--alpha"), default=[0.1],
                    help="allowed miss rate(s), comma-separated (guarantee = 1 - alpha)")
-    c.add_argument("--num-images", type=int, default=512, help=NUM_IMAGES_HELP)
+    c.add_argument("--num-images", type=_at_least("--num-images", 0), default=512, help=NUM_IMAGES_HELP)
     c.add_argument("--no-progress", action="store_true")
-    c.add_argument("--epsilons", type=_parse_epsilons, default=[0.02, 0.03, 0.05, 0.08, 0.12],
+    c.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12],
                    help="eps values to print (the stored calibration covers about 0.01..0.3)")
     c.add_argument("--out", help="directory for calibration.json (default: the checkpoint's own directory)")
     c.set_defaults(func=cmd_calibrate)
@@ -336,14 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="every method on the same images: tokens, quality, passes, time, FLOPs")
     add_ckpt(b)
     b.add_argument("--data", default="photos:test")
-    b.add_argument("--epsilons", type=_parse_epsilons, default=[0.03, 0.05, 0.08, 0.12])
-    b.add_argument("--methods", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+    b.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12])
+    b.add_argument("--methods", type=_names("--methods"),
                    help="comma-separated; default: karl, karl@0.9, oracle, prefix, recurrent, fixed (every "
                         "fixedN baseline), codecs (png, jpeg, webp). Also: karl@G and karl+verify / "
                         "karl@G+verify (calibrated guarantee G, checked), fixedN, png, jpeg, webp")
     b.add_argument("--baselines", default="runs/baselines",
                    help="directory of baseline runs prefix/, recurrent/, fixedN/ (benchmarks/train_baselines.sh)")
-    b.add_argument("--num-images", type=int, default=256, help=NUM_IMAGES_HELP)
+    b.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     b.add_argument("--timing-rounds", type=int, default=3,
                    help="time every method this many times, in interleaved rounds, and report the median")
     b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting, one timing round (for tests)")
@@ -356,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--epsilon", type=float, default=0.05)
     k.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     k.add_argument("--out", required=True, help="output directory for shard-NNNNN.parquet files")
-    k.add_argument("--shard-size", type=int, default=1000, help="images per shard")
-    k.add_argument("--batch-size", type=int, default=256)
+    k.add_argument("--shard-size", type=_at_least("--shard-size", 1), default=1000, help="images per shard")
+    k.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256)
     k.add_argument("--with-error", action="store_true", help="add the achieved l1 (one extra decoder pass)")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=cmd_tokenize)
@@ -380,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_output(getattr(args, "out", None), directory=args.command not in FILE_OUTPUTS)
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"kolmotok {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write that failed anyway (disk full, permissions changed meanwhile)
+        print(f"kolmotok {args.command}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -74,16 +74,22 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
 def read_rgb(path: str | Path) -> np.ndarray:
     """One file -> (H, W, 3) float32 array in [0, 1] at its own size; ImageLoadError if unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageLoadError(f"{path}: a directory, not an image file (folder:{path} reads every image in it)")
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             img.load()
             arr = to_rgb_array(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{path}: too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
         raise ImageLoadError(f"{path}: empty image of shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ImageLoadError(f"{path}: pixel values that are not finite (NaN or infinite)")
     return arr
 
 

@@ -189,9 +189,14 @@ def with_halting_mlp(model: KARLTokenizer, hidden: int, seed: int) -> KARLTokeni
 
 def fit_halting(ckpt: str | Path, out: str | Path, cfg: HaltingFitConfig | None = None,
                 device: str | torch.device = "cpu", progress: bool = True) -> Path:
-    """Load ``ckpt``, refit its halting head on training data, write the result to ``out``."""
+    """Load ``ckpt``, refit its halting head on training data, write the result to ``out`` (a new
+    directory, or an empty one: the checkpoint replaces the whole directory)."""
     cfg = cfg or HaltingFitConfig()
     cfg.validate()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {str(out)!r} exists and is not an empty directory; fit-halting writes a whole "
+                         "checkpoint there, so give a new directory")
     start = time.time()
     model, meta = load_model(ckpt, device)
     model = with_halting_mlp(model, cfg.hidden, cfg.seed).eval()
@@ -204,4 +209,4 @@ def fit_halting(ckpt: str | Path, out: str | Path, cfg: HaltingFitConfig | None 
     meta["model"] = to_dict(model.cfg)
     meta["halting_fit"] = {"from": str(ckpt), "config": asdict(cfg), "bce_first": history[0],
                            "bce_last": history[-1], "seconds": round(time.time() - start, 1)}
-    return save_checkpoint(Path(out), model, meta)
+    return save_checkpoint(out, model, meta)

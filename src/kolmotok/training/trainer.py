@@ -150,6 +150,8 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
     existing = list_checkpoints(out_dir)
     if existing and not resume:
         raise ValueError(f"{out_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if resume and not existing:  # kept usable for jobs that always pass --resume, but said aloud
+        log.warning("--resume: %s holds no checkpoint yet; starting a new run there", out_dir)
     if not (resume and existing):
         return cfg, []
     saved = from_dict(RunConfig, read_meta(existing[-1])["run"], where=str(existing[-1]))
@@ -157,6 +159,17 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
         raise ValueError(f"--resume: the model config differs from the one in {existing[-1]}")
     saved.train.steps, saved.train.device = cfg.train.steps, cfg.train.device  # may extend a run or move it
     return saved, existing
+
+
+# train.* counts and their smallest allowed value (eval_every 0 turns the held-out evaluation off)
+TRAIN_MINIMUMS = {"steps": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+                  "eval_every": 0, "eval_images": 1, "pca_init_images": 1, "threads": 0, "data_workers": 0}
+
+
+def _check_counts(tc) -> None:
+    for name, minimum in TRAIN_MINIMUMS.items():
+        if getattr(tc, name) < minimum:
+            raise ValueError(f"train.{name} must be >= {minimum}, got {getattr(tc, name)}")
 
 
 def _check_scale_settings(tc, world: int) -> None:
@@ -178,6 +191,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     validate(cfg)
     cfg, existing = _resolve_run(cfg, out_dir, resume)
     tc = cfg.train
+    _check_counts(tc)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     ddp, device = init_distributed(tc.device)
