@@ -2,18 +2,28 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import kolmotok
+from conftest import small_config
 from kolmotok.api import Tokenizer
 from kolmotok.checkpoint import load_model, save_checkpoint
 from kolmotok.config import to_dict
+from kolmotok.models import KARLTokenizer
 
 
 @pytest.fixture
 def tok(model) -> Tokenizer:
     return Tokenizer(model)
+
+
+@pytest.fixture
+def fsq_tok() -> Tokenizer:
+    torch.manual_seed(0)
+    return Tokenizer(KARLTokenizer(small_config("model.quantizer=fsq").model))
 
 
 def test_encode_decode_contract(tok, images):
@@ -37,16 +47,34 @@ def test_per_image_epsilon(tok, images):
     assert enc.lengths[0] == 4 and enc.lengths[2] == 4
 
 
-@pytest.mark.parametrize("eps", [-0.1, math.nan, math.inf, [0.1, 0.2]])
+@pytest.mark.parametrize("eps", [-0.1, math.nan, math.inf, [0.1, 0.2], "abc", None, ["0.1"], []])
 def test_bad_epsilon(tok, images, eps):
     with pytest.raises(ValueError, match="epsilon"):
         tok.encode(images, epsilon=eps)
 
 
-@pytest.mark.parametrize("budget", [0, -1, 9, 2.5, True])
+@pytest.mark.parametrize("eps", ["abc", None, []])
+def test_check_options_rejects_bad_epsilon(tok, eps):
+    with pytest.raises(ValueError, match="epsilon"):
+        tok.check_options(eps)
+
+
+@pytest.mark.parametrize("budget", [0, -1, 9, 2.5, True, np.float64(4.0), torch.tensor(4.0), torch.tensor(True)])
 def test_bad_budget(tok, images, budget):
     with pytest.raises(ValueError, match="budget"):
         tok.encode(images, budget=budget)
+
+
+@pytest.mark.parametrize("budget", [np.int64(4), torch.tensor(4)])
+def test_budget_accepts_integer_scalars(tok, images, budget):
+    enc = tok.encode(images, epsilon=0.0, budget=budget)
+    assert enc.budget == 4 and type(enc.budget) is int and enc.lengths.tolist() == [4] * 5
+
+
+@pytest.mark.parametrize("alpha", [[0.1], "0.1", None, 0, 1.5, True])
+def test_calibrate_rejects_bad_alpha(tok, images, alpha):
+    with pytest.raises(ValueError, match="alpha must be a miss rate in"):
+        tok.calibrate(images, alpha=alpha)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -66,6 +94,108 @@ def test_decode_rejects_bad_lengths(tok, images):
     enc = tok.encode(images, budget=4)
     with pytest.raises(ValueError, match="lengths"):
         tok.decode(enc.tokens, torch.tensor([0, 1, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("lengths", [[1.5] * 5, torch.full((5,), 2.0), [True] * 5, 3, [1, 2]])
+def test_decode_rejects_lengths_that_are_not_integers_per_image(tok, images, lengths):
+    enc = tok.encode(images, budget=4)
+    with pytest.raises(ValueError, match=r"lengths must be \(5,\) integers in 1\.\.4"):
+        tok.decode(enc.tokens, lengths)
+
+
+@pytest.mark.parametrize("tokens, match", [
+    (torch.rand(2, 4, 3), r"tokens must be \(B, T, 6\) float vectors for this model, got \(2, 4, 3\) float32"),
+    (torch.rand(2, 4), r"\(B, T, 6\) float vectors .* got \(2, 4\)"),
+    (torch.rand(2, 4, 6, 1), r"\(B, T, 6\) float vectors .* got \(2, 4, 6, 1\)"),
+    (torch.ones(2, 4, 6, dtype=torch.long), r"\(B, T, 6\) float vectors .* int64"),
+    (torch.rand(2, 9, 6), r"1\.\.8 tokens per image"),
+    (torch.full((2, 4, 6), math.nan), "NaN"),
+    (torch.full((2, 4, 6), math.inf), "infinite"),
+    ("abc", "takes an Encoding"),
+    (np.array([["a", "b"]]), "tokens must be a tensor or array of numbers"),
+])
+def test_decode_rejects_tokens_continuous_models_cannot_read(tok, tokens, match):
+    with pytest.raises(ValueError, match=match):
+        tok.decode(tokens, torch.tensor([2, 3]))
+
+
+FSQ_CODES = r"\(B, T\) integer codes in 0\.\.\d+"
+
+
+@pytest.mark.parametrize("tokens, lengths, match", [
+    (torch.rand(2, 4, 6), [2, 3], FSQ_CODES + " for this model, got \\(2, 4, 6\\) float32"),
+    (torch.rand(2, 4), [2, 3], FSQ_CODES + " for this model, got \\(2, 4\\) float32"),
+    (torch.ones(2, 4, 6, dtype=torch.long), [2, 3], FSQ_CODES + " for this model, got \\(2, 4, 6\\) int64"),
+    (torch.ones(4, dtype=torch.long), [2], FSQ_CODES + " for this model, got \\(4,\\)"),
+    (torch.full((2, 4), 10**6), [2, 3], FSQ_CODES + " within each image's length, got code 1000000"),
+    (torch.tensor([[1, -1, 2], [3, 4, 5]]), [3, 3], FSQ_CODES + " within each image's length, got code -1"),
+])
+def test_decode_rejects_tokens_discrete_models_cannot_read(fsq_tok, tokens, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        fsq_tok.decode(tokens, torch.tensor(lengths))
+
+
+def test_discrete_decode_rejects_a_continuous_encoding(tok, fsq_tok, images):
+    with pytest.raises(ValueError, match=FSQ_CODES + r" for this model, got \(5, 8, 6\) float32"):
+        fsq_tok.decode(tok.encode(images))
+
+
+def test_discrete_decode_ignores_padding_after_each_length(fsq_tok, images):
+    enc = fsq_tok.encode(images, epsilon=0.0, budget=6)
+    padded = torch.where(torch.arange(6) < 4, enc.tokens, -1)
+    assert torch.equal(fsq_tok.decode(padded, torch.full((5,), 4)), fsq_tok.decode(enc.tokens, torch.full((5,), 4)))
+
+
+@pytest.mark.parametrize("args, match", [
+    ((None,), "decode\\(\\) takes an Encoding, padded tokens \\+ lengths, or a list"),
+    ((torch.rand(2, 4, 6),), "lengths are required with a padded tokens tensor"),
+    (([],), "empty list of token sequences"),
+    (([torch.rand(2, 6), torch.rand(3, 4)],), r"tokens\[1\] must be \(T, 6\) float vectors"),
+    (([torch.rand(2, 6), torch.rand(0, 6)],), r"tokens\[1\] must hold 1\.\.8 tokens per image"),
+    (([torch.rand(2, 6)], torch.tensor([2])), "carries its own lengths"),
+])
+def test_decode_rejects_calls_it_cannot_read(tok, args, match):
+    with pytest.raises(ValueError, match=match):
+        tok.decode(*args)
+
+
+def test_decode_rejects_lengths_beside_an_encoding(tok, images):
+    enc = tok.encode(images, budget=4)
+    with pytest.raises(ValueError, match="carries its own lengths"):
+        tok.decode(enc, enc.lengths)
+
+
+@pytest.mark.parametrize("make_tok", ["tok", "fsq_tok"])
+def test_decode_reads_sequences_and_numpy_arrays(make_tok, images, request):
+    t = request.getfixturevalue(make_tok)
+    enc = t.encode(images, epsilon=0.1, budget=6)
+    enc.lengths[:2] = torch.tensor([2, 5])  # unequal lengths, so the sequences need padding
+    expected = t.decode(enc)
+    assert torch.equal(t.decode(enc.to_list()), expected)
+    assert torch.equal(t.decode([s.tolist() for s in enc.to_list()]), expected)
+    assert torch.equal(t.decode(enc.tokens.numpy(), enc.lengths.numpy()), expected)
+
+
+def _write_png(path, size=20):
+    Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_load_images_takes_one_path(tok, tmp_path):
+    path = _write_png(tmp_path / "good.png")
+    for one in (path, str(path)):
+        assert tok.load_images(one).shape == (1, 3, 16, 16)
+    assert tok.load_images(p for p in [path, path]).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("paths, match", [
+    ([None], r"paths\[0\] must be a file path \(str or Path\), got NoneType"),
+    (["a.png", 3], r"paths\[1\] must be a file path"),
+    (5, "paths must be an image file path or a list of them"),
+])
+def test_load_images_rejects_what_is_not_a_path(tok, paths, match):
+    with pytest.raises(ValueError, match=match):
+        tok.load_images(paths)
 
 
 def test_save_load_round_trip(tmp_path, model, cfg, images):

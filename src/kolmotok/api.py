@@ -6,12 +6,17 @@ gives per-image variable-length sequences at the edge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+import operator
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .calibration import (
     CONDITION_GRID,
@@ -21,7 +26,7 @@ from .calibration import (
     measure_conditions,
     save_calibrations,
 )
-from .checkpoint import load_model, resolve_checkpoint
+from .checkpoint import load_model, resolve_checkpoint, resolve_device
 from .data.images import load_images as _load_images
 from .models import KARLTokenizer
 
@@ -71,8 +76,57 @@ def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     return path
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _is_real(value) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_index(value) -> int | None:
+    """An integer int / numpy / torch scalar as an int; None for anything else (bools too)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    """A tensor, numpy array or nested list -> tensor; ValueError naming ``name`` otherwise."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a tensor or array of numbers, got {type(value).__name__} {value!r:.60}"
+                         ) from None
+
+
+def _path_list(paths) -> list[str | os.PathLike]:
+    """One path or an iterable of paths -> a list of paths; ValueError naming anything else."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    if not isinstance(paths, Iterable):
+        raise ValueError(f"paths must be an image file path or a list of them, got {type(paths).__name__}")
+    items = list(paths)
+    for i, p in enumerate(items):
+        if not isinstance(p, (str, os.PathLike)):
+            raise ValueError(f"paths[{i}] must be a file path (str or Path), got {type(p).__name__} {p!r:.60}")
+    return items
+
+
+def _check_alpha(alpha) -> float:
+    if not _is_real(alpha) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be a miss rate in (0, 1), e.g. 0.1, got {alpha!r}")
+    return float(alpha)
 
 
 def _calibration_summary(cal: Calibration) -> dict:
@@ -152,28 +206,33 @@ class Tokenizer:
             raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
         return images.clamp(0, 1).float().to(self.device)
 
-    def _check_epsilon(self, epsilon: float | Sequence[float] | torch.Tensor, batch: int) -> torch.Tensor:
-        eps = torch.as_tensor(epsilon, dtype=torch.float32).flatten()
-        if eps.numel() == 1:
-            eps = eps.expand(batch)
-        if eps.numel() != batch:
-            raise ValueError(f"epsilon must be one number or one per image ({batch}), got {eps.numel()} values")
+    def _check_epsilon(self, epsilon: float | Sequence[float] | torch.Tensor, batch: int | None = None
+                       ) -> torch.Tensor:
+        """(batch,) eps on the model's device (batch None: any number of values, as given)."""
+        try:
+            eps = torch.as_tensor(epsilon, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"epsilon must be a number or one number per image, got {epsilon!r:.60}") from None
+        if not eps.numel() or (batch is not None and eps.numel() not in (1, batch)):
+            raise ValueError(f"epsilon must be one number or one per image{f' ({batch})' if batch else ''}, "
+                             f"got {eps.numel()} values")
         if not torch.isfinite(eps).all() or (eps < 0).any():
             raise ValueError(f"epsilon must be finite and >= 0 (0 = fixed-length mode), got {epsilon!r}")
-        return eps.to(self.device)
+        return (eps if batch is None else eps.expand(batch)).to(self.device)
 
     def _check_budget(self, budget: int | None) -> int:
         if budget is None:
             return self.max_tokens
-        if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= self.max_tokens:
+        value = _as_index(budget)
+        if value is None or not 1 <= value <= self.max_tokens:
             raise ValueError(f"budget must be an integer in 1..{self.max_tokens}, got {budget!r}")
-        return budget
+        return value
 
     def check_options(self, epsilon: float | Sequence[float] | torch.Tensor = 0.05, budget: int | None = None,
                       guarantee: float | None = None) -> None:
         """Raise ValueError for options :meth:`encode` would refuse, before any image is read
         (the CLI checks its flags with this, so a bad flag costs no work)."""
-        self._check_epsilon(epsilon, torch.as_tensor(epsilon).numel())
+        self._check_epsilon(epsilon)
         self._check_budget(budget)
         if guarantee is not None:
             self.calibration_for(guarantee)
@@ -181,7 +240,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ inference
     def calibration_for(self, guarantee: float) -> Calibration:
         """The stored calibration promising ``guarantee`` (= 1 - alpha); ValueError if there is none."""
-        if isinstance(guarantee, bool) or not isinstance(guarantee, (int, float)) or not 0 < guarantee < 1:
+        if not _is_real(guarantee) or not 0 < guarantee < 1:
             raise ValueError(f"guarantee must be a share in (0, 1), e.g. 0.9, got {guarantee!r}")
         for alpha, cal in self.calibrations.items():
             if abs(alpha - (1 - guarantee)) < 1e-9:
@@ -248,6 +307,9 @@ class Tokenizer:
         """:meth:`calibrate` for several miss rates, measuring the images once."""
         from .evaluation.evaluate import run_batched
 
+        if not isinstance(alphas, (list, tuple)) or not alphas:
+            raise ValueError(f"alphas must be a non-empty list of miss rates in (0, 1), got {alphas!r:.60}")
+        alphas = [_check_alpha(a) for a in alphas]
         x = self._check_images(images)
         errors = measure_conditions(lambda c: run_batched(self, x, c, quality=False).l1, CONDITION_GRID, progress)
         cals = [calibrate_errors(errors, CONDITION_GRID, alpha, data) for alpha in alphas]
@@ -259,34 +321,103 @@ class Tokenizer:
         return save_calibrations(directory, self.calibrations)
 
     @torch.no_grad()
-    def decode(self, encoding: Encoding | torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """One decoder pass: an :class:`Encoding` (or padded tokens + lengths) -> images (B, 3, S, S)."""
-        if isinstance(encoding, Encoding):
-            tokens, lengths = encoding.tokens, encoding.lengths
-        else:
-            tokens = encoding
-            if lengths is None:
-                raise ValueError("decode(tokens, lengths): lengths are required when tokens are a tensor")
-        if tokens.dim() < 2 or tokens.shape[1] < 1 or tokens.shape[1] > self.max_tokens:
-            raise ValueError(f"tokens must be (B, T, ...) with 1 <= T <= {self.max_tokens}, got {tuple(tokens.shape)}")
-        lengths = torch.as_tensor(lengths, device=self.device).long()
-        if lengths.shape != tokens.shape[:1] or (lengths < 1).any() or (lengths > tokens.shape[1]).any():
-            raise ValueError(f"lengths must be (B,) with values in 1..{tokens.shape[1]}")
-        if self.discrete and tokens.is_floating_point():
-            raise ValueError("this tokenizer is discrete: tokens must be integer codes")
-        return self.model.detokenize(tokens.to(self.device), lengths)
+    def decode(self, encoding: Encoding | torch.Tensor | Sequence[torch.Tensor],
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """One decoder pass -> images (B, 3, S, S), from an :class:`Encoding`, from padded tokens +
+        lengths (tensors or numpy arrays laid out as in an Encoding), or from a list of per-image
+        token sequences (:meth:`Encoding.to_list`). Tokens that do not fit this model raise ValueError."""
+        tokens, lengths = self._decode_inputs(encoding, lengths)
+        return self.model.detokenize(tokens, lengths)
 
-    def load_images(self, paths: Sequence[str | Path]) -> torch.Tensor:
-        """Image files -> (B, 3, S, S) tensor by the documented resize rule (see kolmotok.data.images).
+    def _decode_inputs(self, encoding, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        """decode's arguments -> checked (tokens, lengths) on the model's device."""
+        if isinstance(encoding, Encoding):
+            if lengths is not None:
+                raise ValueError("decode(encoding): an Encoding carries its own lengths; pass lengths only with tokens")
+            tokens, lengths = encoding.tokens, encoding.lengths
+        elif isinstance(encoding, (list, tuple)):
+            if lengths is not None:
+                raise ValueError("decode(sequences): a list of per-image token sequences carries its own lengths; "
+                                 "pass lengths only with a padded tokens tensor")
+            tokens, lengths = self._pad_sequences(encoding)
+        elif isinstance(encoding, (torch.Tensor, np.ndarray)):
+            if lengths is None:
+                raise ValueError("decode(tokens, lengths): lengths are required with a padded tokens tensor "
+                                 "(or pass the Encoding itself, or enc.to_list())")
+            tokens = encoding
+        else:
+            raise ValueError("decode() takes an Encoding, padded tokens + lengths, or a list of per-image token "
+                             f"sequences, got {type(encoding).__name__}")
+        tokens = self._check_tokens(tokens)
+        lengths = self._check_lengths(lengths, tokens.shape[0], tokens.shape[1])
+        self._check_token_values(tokens, lengths)
+        return tokens, lengths
+
+    def _token_spec(self, batched: bool) -> str:
+        """What this model's tokens look like: "(B, T, 6) float vectors", "(T,) integer codes in 0..999"."""
+        dims = ["B"] * batched + ["T"] + ([] if self.discrete else [str(self.model.cfg.code_dim)])
+        shape = f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+        kind = f"integer codes in 0..{self.model.quantizer.codebook_size - 1}" if self.discrete else "float vectors"
+        return f"{shape} {kind}"
+
+    def _check_tokens(self, tokens, name: str = "tokens", batched: bool = True) -> torch.Tensor:
+        """Padded tokens (B, T[, d]), or one image's (T[, d]) when not ``batched``, of this model's
+        kind (integer codes or float vectors) -> long / float32 on the model's device."""
+        tokens = _as_tensor(tokens, name)
+        rank = 1 + batched + (not self.discrete)
+        right_kind = _is_integer(tokens) if self.discrete else tokens.is_floating_point()
+        right_shape = tokens.dim() == rank and (self.discrete or tokens.shape[-1] == self.model.cfg.code_dim)
+        if not (right_kind and right_shape):
+            raise ValueError(f"{name} must be {self._token_spec(batched)} for this model, "
+                             f"got {tuple(tokens.shape)} {_dtype_name(tokens)}")
+        if not 1 <= tokens.shape[int(batched)] <= self.max_tokens or tokens.shape[0] < 1:
+            raise ValueError(f"{name} must hold 1..{self.max_tokens} tokens per image"
+                             f"{' and at least one image' if batched else ''}, got shape {tuple(tokens.shape)}")
+        return tokens.to(self.device, torch.long if self.discrete else torch.float32)
+
+    def _pad_sequences(self, sequences: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image token sequences (as from :meth:`Encoding.to_list`) -> padded tokens + lengths."""
+        if not sequences:
+            raise ValueError("decode() got an empty list of token sequences")
+        items = [self._check_tokens(seq, f"tokens[{i}]", batched=False) for i, seq in enumerate(sequences)]
+        tokens = pad_sequence(items, batch_first=True, padding_value=-1 if self.discrete else 0.0)
+        return tokens, torch.tensor([len(t) for t in items], device=self.device)
+
+    def _check_lengths(self, lengths, batch: int, width: int) -> torch.Tensor:
+        lengths = _as_tensor(lengths, "lengths")
+        if not _is_integer(lengths) or lengths.shape != (batch,) or (lengths < 1).any() or (lengths > width).any():
+            raise ValueError(f"lengths must be ({batch},) integers in 1..{width} (tokens kept per image), "
+                             f"got {tuple(lengths.shape)} {_dtype_name(lengths)} {lengths.tolist()!r:.60}")
+        return lengths.to(self.device, torch.long)
+
+    def _check_token_values(self, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Continuous tokens must be finite; discrete codes within each image's length must exist."""
+        if not self.discrete:
+            if not torch.isfinite(tokens).all():
+                raise ValueError("tokens contain NaN or infinite values")
+            return
+        kept = tokens[torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]]
+        bad = kept[(kept < 0) | (kept >= self.model.quantizer.codebook_size)]
+        if len(bad):
+            raise ValueError(f"tokens must be {self._token_spec(True)} within each image's length, "
+                             f"got code {int(bad[0])}")
+
+    def load_images(self, paths: str | Path | Sequence[str | Path]) -> torch.Tensor:
+        """Image files (a list of paths, or one path) -> (B, 3, S, S) tensor by the documented
+        resize rule (see kolmotok.data.images).
 
         An unreadable file raises :class:`kolmotok.data.ImageLoadError` naming it.
         """
-        return _load_images(list(paths), self.image_size, skip_errors=False).images
+        return _load_images(_path_list(paths), self.image_size, skip_errors=False).images
 
 
 def load(path: str | Path | None = None, device: str | torch.device | None = None) -> Tokenizer:
-    """Load a tokenizer: the shipped default checkpoint, or a checkpoint / run directory."""
-    ckpt = resolve_checkpoint(shipped_checkpoint() if path is None else Path(path))
-    model, meta = load_model(ckpt, device or _default_device())
+    """Load a tokenizer: the shipped default checkpoint, or a checkpoint / run directory.
+    ``device``: "cpu", "cuda", "cuda:1", ... (default: CUDA if available; see :func:`resolve_device`).
+    A broken checkpoint or an unusable device raises ValueError naming it; a path holding no
+    checkpoint raises FileNotFoundError."""
+    device = resolve_device(device)
+    ckpt = resolve_checkpoint(shipped_checkpoint() if path is None else path)
+    model, meta = load_model(ckpt, device)
     return Tokenizer(model, meta, load_calibrations(ckpt), path=ckpt)
 

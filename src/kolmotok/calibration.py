@@ -148,12 +148,37 @@ def save_calibrations(directory: str | Path, calibrations: dict[float, Calibrati
     return path
 
 
+def _calibration_problem(cal: Calibration) -> str | None:
+    """Why a calibration read from a file cannot be used (None if it can)."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not number(cal.alpha) or not 0 < cal.alpha < 1:
+        return f"alpha must be in (0, 1), got {cal.alpha!r}"
+    columns = (cal.epsilons, cal.conditions, cal.attainable)
+    if not all(isinstance(c, list) for c in columns) or not cal.epsilons or len({len(c) for c in columns}) > 1:
+        return "epsilons, conditions and attainable must be non-empty lists of equal length"
+    if not all(number(v) and v >= 0 for v in cal.epsilons + cal.conditions):
+        return "epsilons and conditions must be numbers >= 0"
+    if any(b <= a for a, b in zip(cal.epsilons, cal.epsilons[1:])):
+        return "epsilons must increase"
+    if not all(isinstance(v, bool) for v in cal.attainable):
+        return "attainable must hold true/false values"
+    return None
+
+
 def load_calibrations(directory: str | Path) -> dict[float, Calibration]:
+    """The calibrations stored in ``directory`` (none if it has no calibration file); ValueError
+    naming the file if it or one of its entries is malformed."""
     path = Path(directory) / CALIBRATION_FILE
     if not path.is_file():
         return {}
     try:
-        items = json.loads(path.read_text())["calibrations"]
-        return {float(c["alpha"]): Calibration(**c) for c in items}
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        cals = [Calibration(**c) for c in json.loads(path.read_text())["calibrations"]]
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a valid calibration file ({exc})") from None
+    for i, cal in enumerate(cals):
+        problem = _calibration_problem(cal)
+        if problem:
+            raise ValueError(f"{path}: calibration {i} is not valid: {problem}")
+    return {float(c.alpha): c for c in cals}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, from_dict
@@ -75,8 +76,28 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device: None or "auto" = CUDA if available, else the CPU. ValueError
+    naming it for a name torch does not know or a device this machine does not have."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {str(device)!r}: not a device name (expected auto, cpu, cuda, cuda:N, mps, ...)"
+                         ) from None
+    backend = getattr(torch, dev.type, None)  # torch.cuda, torch.mps, torch.xpu: is_available / device_count
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        raise ValueError(f"device {str(device)!r} requested but {dev.type.upper()} is not available")
+    if dev.index is not None and hasattr(backend, "device_count") and dev.index >= backend.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {backend.device_count()} {dev.type} device(s)")
+    return dev
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory (-> its latest checkpoint)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"checkpoint path must be a directory (str or Path), got {type(path).__name__} {path!r}")
     path = Path(path)
     if (path / WEIGHTS).is_file() and (path / CONFIG).is_file():
         return path
@@ -86,14 +107,69 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: neither a checkpoint ({WEIGHTS} + {CONFIG}) nor a run directory with checkpoints")
 
 
-def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / CONFIG).read_text())
+def read_meta(ckpt: Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """A checkpoint's ``config.json``: a JSON object holding the ``required`` sections; ValueError
+    naming the file otherwise."""
+    path = Path(ckpt) / CONFIG
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(map(repr, missing))} section; not a kolmotok checkpoint config")
+    return meta
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[KARLTokenizer, dict[str, Any]]:
-    """Rebuild the model from ``config.json`` and load ``model.safetensors`` (no pickles)."""
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``model.safetensors``; ValueError naming the file if it is not readable."""
+    path = Path(ckpt) / WEIGHTS
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _build_model(ckpt: Path, meta: dict[str, Any]) -> KARLTokenizer:
+    cfg = from_dict(ModelConfig, meta["model"], where=f"{ckpt / CONFIG}:model")
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise ValueError(f"{ckpt / CONFIG}: {exc}") from None
+    return KARLTokenizer(cfg)
+
+
+def _shape_mismatches(model: KARLTokenizer, state: dict[str, torch.Tensor]) -> list[str]:
+    own = model.own_state_dict()
+    return [f"{k} is {tuple(v.shape)}, the config needs {tuple(own[k].shape)}"
+            for k, v in state.items() if k in own and v.shape != own[k].shape]
+
+
+def _weights_mismatch(ckpt: Path, detail: str) -> ValueError:
+    return ValueError(f"{ckpt}: the weights in {WEIGHTS} do not match its {CONFIG}: {detail}")
+
+
+def _load_weights(model: KARLTokenizer, ckpt: Path) -> None:
+    """``model.safetensors`` into ``model``; ValueError naming the checkpoint if the weights were
+    made for another model config."""
+    state = read_weights(ckpt)
+    wrong = _shape_mismatches(model, state)
+    if wrong:
+        raise _weights_mismatch(ckpt, f"{len(wrong)} tensor(s) of another shape, first {wrong[0]}")
+    try:
+        model.load_own_state_dict(state)
+    except ValueError as exc:
+        raise _weights_mismatch(ckpt, str(exc)) from None
+
+
+def load_model(path: str | Path, device: str | torch.device | None = "cpu") -> tuple[KARLTokenizer, dict[str, Any]]:
+    """Rebuild the model from ``config.json`` and load ``model.safetensors`` (no pickles).
+    ``device``: see :func:`resolve_device`. A broken checkpoint raises ValueError naming its file."""
+    device = resolve_device(device)
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
-    model = KARLTokenizer(from_dict(ModelConfig, meta["model"], where=f"{ckpt / CONFIG}:model"))
-    model.load_own_state_dict(load_file(str(ckpt / WEIGHTS)))
+    model = _build_model(ckpt, meta)
+    _load_weights(model, ckpt)
     return model.to(device).eval(), meta

@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_fit_halting(args: argparse.Namespace) -> int:
     from .api import shipped_checkpoint
-    from .training.distributed import pick_device
+    from .checkpoint import resolve_device
     from .training.halting_fit import HaltingFitConfig, fit_halting
 
     cfg = HaltingFitConfig()
@@ -112,7 +112,7 @@ def cmd_fit_halting(args: argparse.Namespace) -> int:
         log.warning("fitting the halting head on %s: the test and calibration photographs should stay unseen",
                     cfg.data)
     ckpt = args.ckpt or shipped_checkpoint()
-    out = fit_halting(ckpt, args.out, cfg, device=pick_device(args.device or "auto"), progress=not args.no_progress)
+    out = fit_halting(ckpt, args.out, cfg, device=resolve_device(args.device), progress=not args.no_progress)
     print(f"checkpoint: {out}\n(its halting changed: run `kolmotok calibrate --ckpt {out}` before using guarantees)")
     return 0
 

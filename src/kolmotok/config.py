@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields, is_dataclass
+import math
+import typing
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -63,6 +65,13 @@ class ModelConfig:
         return len(self.fsq_levels) if self.quantizer == "fsq" else self.token_dim
 
     def validate(self) -> None:
+        for name in POSITIVE_MODEL_FIELDS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.quantizer == "fsq" and (not self.fsq_levels or min(self.fsq_levels) < 2):
+            raise ValueError(f"model.fsq_levels must be one or more levels >= 2, got {list(self.fsq_levels)}")
         if self.image_size % (self.patch_size * self.base_downsample):
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
                              + (f" x base downsampling {self.base_downsample}" if self.base_autoencoder else ""))
@@ -87,6 +96,10 @@ class ModelConfig:
         if self.halting_hidden and not self.linear_path:
             raise ValueError("model.halting_hidden reads the linear path's errors: it needs model.linear_path=true")
 
+
+# sizes and counts a model cannot be built with at 0 (model.validate divides by some of them)
+POSITIVE_MODEL_FIELDS = ("image_size", "patch_size", "stem_channels", "width", "encoder_layers", "decoder_layers",
+                         "num_heads", "max_tokens", "linear_path_resolution", "token_dim", "base_downsample")
 
 OBJECTIVES = ("karl", "fixed", "prefix", "recurrent")
 
@@ -157,46 +170,88 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
+TYPE_NOUNS = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def _type_name(hint: Any) -> str:
+    """How an error message names a field type: "an integer", "a list of 2 numbers", ..."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        noun = TYPE_NOUNS.get(args[0], "value")
+        return f"a list of {noun}s" if args[-1] is Ellipsis else f"a list of {len(args)} {noun}s"
+    noun = TYPE_NOUNS.get(hint, getattr(hint, "__name__", str(hint)))
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _wrong_type(value: Any, hint: Any, where: str) -> ValueError:
+    return ValueError(f"{where}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def check_value(value: Any, hint: Any, where: str = "config") -> Any:
+    """``value`` as a field of type ``hint`` (a config dataclass, int, float, bool, str or a tuple
+    of those): ValueError naming ``where`` and the expected type if it has another type. An
+    integer is fine for a float field; a JSON list for a tuple field."""
+    if is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _wrong_type(value, hint, where)
+        args = typing.get_args(hint)
+        items = args[:1] * len(value) if args[-1] is Ellipsis else args
+        if len(value) != len(items):
+            raise _wrong_type(value, hint, where)
+        return tuple(check_value(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+    if hint not in TYPE_NOUNS:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
+        raise _wrong_type(value, hint, where)
+    return value
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from a dict; unknown keys raise ``ValueError``."""
+    """Build dataclass ``cls`` from a dict; unknown keys and wrongly typed values raise ``ValueError``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in data.items():
-        current = getattr(defaults, name)
-        if is_dataclass(current):
-            kwargs[name] = from_dict(type(current), value, f"{where}.{name}")
-        elif isinstance(current, tuple):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(hints)}")
+    return cls(**{name: check_value(value, hints[name], f"{where}.{name}") for name, value in data.items()})
+
+
+def _parse_override(raw: str, hint: Any) -> Any:
+    """The value of ``key=raw``: JSON when it parses, else the text; a string field always takes the text."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    return raw if hint is str and not isinstance(value, str) else value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (value parsed as JSON when possible)."""
+    """Apply ``section.key=value`` overrides (value parsed as JSON when possible); ValueError
+    naming the override for an unknown key or a value of the wrong type."""
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form section.key=value")
         path, raw = item.split("=", 1)
         parts = path.split(".")
-        node = data
+        node, hint = data, RunConfig
         for p in parts[:-1]:
             if p not in node or not isinstance(node[p], dict):
                 raise ValueError(f"override {item!r}: unknown section {p!r}")
-            node = node[p]
+            node, hint = node[p], typing.get_type_hints(hint)[p]
         if parts[-1] not in node:
             raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
-        try:
-            node[parts[-1]] = json.loads(raw)
-        except json.JSONDecodeError:
-            node[parts[-1]] = raw
+        hint = typing.get_type_hints(hint)[parts[-1]]
+        value = _parse_override(raw, hint)
+        check_value(value, hint, f"override {path}")
+        node[parts[-1]] = value
     return from_dict(RunConfig, data)
 
 

@@ -61,7 +61,7 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
         if root is None:
             raise ValueError(f"method {name!r} needs --baselines DIR (trained by benchmarks/train_baselines.sh)")
         run = run or root / name
-        objective = read_meta(resolve_checkpoint(run))["run"]["objective"]
+        objective = read_meta(resolve_checkpoint(run), required=("model", "run"))["run"]["objective"]
         if objective["kind"] != name.rstrip("0123456789"):
             raise ValueError(f"{run} holds a {objective['kind']!r} model, not {name!r}")
         label = f"fixed-{objective['fixed_length']}" if objective["kind"] == "fixed" else name

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoint import resolve_device
+
 
 @dataclass
 class Dist:
@@ -42,19 +44,14 @@ class Dist:
         return dict(zip(values, (t / self.world).tolist()))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Join the process group when launched by torchrun; pick this process's device."""
+    requested = resolve_device(device_name)  # ValueError naming an unknown or absent device
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(), pick_device(device_name)
+        return Dist(), requested
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    use_cuda = requested.type == "cuda"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")

@@ -154,7 +154,7 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
         log.warning("--resume: %s holds no checkpoint yet; starting a new run there", out_dir)
     if not (resume and existing):
         return cfg, []
-    saved = from_dict(RunConfig, read_meta(existing[-1])["run"], where=str(existing[-1]))
+    saved = from_dict(RunConfig, read_meta(existing[-1], required=("model", "run"))["run"], where=str(existing[-1]))
     if to_dict(saved.model) != to_dict(cfg.model):
         raise ValueError(f"--resume: the model config differs from the one in {existing[-1]}")
     saved.train.steps, saved.train.device = cfg.train.steps, cfg.train.device  # may extend a run or move it
