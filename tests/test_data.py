@@ -35,6 +35,14 @@ def test_photo_eval_set_names_the_photograph_of_each_crop():
     assert gray.tolist() == [name != "chelsea.png" for name in data.names]
 
 
+def test_eval_set_size_must_be_positive_except_all_of_a_folder():
+    for spec in ("shapes", "photos:test"):
+        with pytest.raises(ValueError, match="folder: data only"):
+            eval_set(spec, 32, num_images=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        eval_set("folder:/nowhere", 32, num_images=-1)
+
+
 def test_shapes_complexity_labels():
     images, labels = draw(64, 32, torch.Generator().manual_seed(0))
     flat = labels == 0

@@ -93,3 +93,48 @@ def test_two_ranks_under_torchrun_write_disjoint_shards(tmp_path, folder, model,
 def test_cli_tokenize_rejects_other_data(capsys):
     assert main(["tokenize", "--data", "photos", "--out", "x"]) == 2
     assert "folder:PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, match", [
+    ({"batch_size": 0}, "batch size"), ({"batch_size": -1}, "batch size"), ({"shard_size": 0}, "shard size"),
+    ({"epsilon": -1.0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"), ({"guarantee": 0.5}, "calibration"),
+])
+def test_bad_options_are_rejected_before_anything_is_written(tok, folder, tmp_path, option, match):
+    out = tmp_path / "tokens"
+    kwargs = {"epsilon": 0.1, "shard_size": 4, "progress": False}
+    with pytest.raises(ValueError, match=match):
+        tokenize_folder(tok, folder, out, **{**kwargs, **option})
+    assert not out.exists()  # no manifest: the corrected run is not told it has "other settings"
+    assert tokenize_folder(tok, folder, out, **kwargs).images == 11
+
+
+def test_a_shard_that_skipped_its_files_is_tokenized_again(tok, folder, tmp_path):
+    out = tmp_path / "tokens"  # as an older version left it after --batch-size -1: an empty shard file
+    shards = tokenize_mod.plan(folder, out, 100, {"epsilon": 0.1, "checkpoint": "shipped", "guarantee": None,
+                                                  "with_error": False})
+    tokenize_mod.write_shard(out, 0, {"path": [], "length": [], "codes": []}, [], {}, tok)
+    assert len(shards.shards[0]) == 12
+    s = tokenize_folder(tok, folder, out, 0.1, shard_size=100, progress=False)
+    assert (s.shards_written, s.shards_skipped, s.images, s.failures) == (1, 0, 11, 1)
+    assert kolmotok.read_tokens(out).num_rows == 11
+    s = tokenize_folder(tok, folder, out, 0.1, shard_size=100, progress=False)
+    assert (s.shards_written, s.shards_skipped) == (0, 1)  # rows + listed errors account for every file
+
+
+def test_resume_must_name_the_same_folder(tok, folder, tmp_path, monkeypatch):
+    out, other = tmp_path / "tokens", tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (20, 20)).save(other / "x.png")
+    monkeypatch.chdir(tmp_path)
+    tokenize_folder(tok, "imgs", out, 0.1, shard_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"folder:\S*imgs, not of folder:\S*other"):
+        tokenize_folder(tok, other, out, 0.1, shard_size=4, progress=False)
+    s = tokenize_folder(tok, folder.resolve(), out, 0.1, shard_size=4, progress=False)  # same folder, spelled otherwise
+    assert (s.shards_written, s.shards_skipped) == (0, 3)
+
+
+def test_empty_folder_path_is_not_the_current_directory(tok, folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(folder)
+    with pytest.raises(ValueError, match="folder: needs a path"):
+        tokenize_folder(tok, "", tmp_path / "tokens", 0.1, progress=False)
+    assert not (tmp_path / "tokens").exists()

@@ -2,9 +2,11 @@
 
 Stages: :func:`plan` (list the images once, cut them into numbered shards, record the plan in
 ``manifest.json``), :func:`encode_shard` (load, one encoder pass per batch, one row per image)
-and :func:`write_shard` (atomic write of ``shard-NNNNN.parquet``). A shard file that exists is
-complete, so a re-run skips it: an interrupted run resumes where it stopped and every image
-appears exactly once. Under torchrun, rank r writes the shards i with i % world == r.
+and :func:`write_shard` (atomic write of ``shard-NNNNN.parquet``). A shard file that exists and
+accounts for all of its planned files (rows plus listed errors) is complete, so a re-run skips it:
+an interrupted run resumes where it stopped and every image appears exactly once. A re-run must
+name the same folder and settings as the manifest. Options are checked before anything is
+written. Under torchrun, rank r writes the shards i with i % world == r.
 
 Each row: ``path`` (relative to the folder), ``length`` (tokens kept), ``codes`` (a list of
 ``length`` integer codes for discrete models; for continuous models a list of ``length``
@@ -25,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .api import Tokenizer
+from .data import folder_path
 from .data.images import list_images, load_images
 from .io import atomic_path, write_json, write_text
 
@@ -50,6 +53,36 @@ def errors_path(out: Path, index: int) -> Path:
     return out / f"errors-{index:05d}.jsonl"
 
 
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def check_options(tok: Tokenizer, epsilon: float, guarantee: float | None, shard_size: int, batch_size: int) -> None:
+    """ValueError for an option :func:`tokenize_folder` would refuse, before anything is written
+    (a bad option must leave no manifest behind that a corrected re-run would then disagree with)."""
+    tok.check_options(epsilon, guarantee=guarantee)
+    _check_count("shard size (--shard-size)", shard_size)
+    _check_count("batch size (--batch-size)", batch_size)
+
+
+def shard_complete(out: Path, index: int, files: list[str]) -> bool:
+    """Whether shard ``index`` exists and holds a row or an error for each of its planned files;
+    one that does not (left by a run that skipped its files) is done again."""
+    path = shard_path(out, index)
+    if not path.exists():
+        return False
+    _, pq = _pa()
+    errors = errors_path(out, index)
+    rows = pq.read_metadata(path).num_rows
+    failed = len(errors.read_text().splitlines()) if errors.exists() else 0
+    if rows + failed == len(files):
+        return True
+    log.warning("%s holds %d rows and %d errors for %d planned files: tokenizing it again",
+                path, rows, failed, len(files))
+    return False
+
+
 @dataclass
 class Plan:
     root: Path
@@ -58,18 +91,21 @@ class Plan:
 
 
 def plan(root: Path, out: Path, shard_size: int, settings: dict, is_main: bool = True, barrier=lambda: None) -> Plan:
-    """The shard plan: made once (by rank 0) and reused by every later run on ``out``."""
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    """The shard plan: made once (by rank 0) and reused by every later run on ``out`` (which
+    must name the same folder and settings)."""
+    _check_count("shard size (--shard-size)", shard_size)
     manifest = out / MANIFEST
     if is_main and not manifest.is_file():
         files = [p.relative_to(root).as_posix() for p in list_images(root)]
         if not files:
             raise ValueError(f"folder:{root}: no image files found")
         shards = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
-        write_json(manifest, {"root": str(root), "settings": settings, "shards": shards})
+        write_json(manifest, {"root": str(root.resolve()), "settings": settings, "shards": shards})
     barrier()
     data = json.loads(manifest.read_text())
+    if Path(data["root"]).resolve() != root.resolve():
+        raise ValueError(f"{out} holds a tokenization of folder:{data['root']}, not of folder:{root}; "
+                         f"use another --out, or --data folder:{data['root']} to resume it")
     if data["settings"] != settings:
         raise ValueError(f"{out} holds a tokenization with other settings ({data['settings']}); "
                          f"use another --out or the same settings ({settings})")
@@ -98,14 +134,20 @@ def encode_shard(tok: Tokenizer, root: Path, files: list[str], epsilon: float, b
                 cols["l1"] += l1_per_image(tok.decode(enc), loaded.images).tolist()
         if bar is not None:
             bar.update(len(chunk))
+    if len(cols["path"]) + len(failures) != len(files):  # never let a shard that skipped files look complete
+        raise RuntimeError(f"a shard of {len(files)} files gave {len(cols['path'])} rows and {len(failures)} "
+                           "errors; not writing it")
     return cols, failures
 
 
 def write_shard(out: Path, index: int, cols: dict[str, list], failures: list, metadata: dict, tok: Tokenizer) -> Path:
-    """Errors file first, then the shard (atomic rename): the shard's existence marks the shard done."""
+    """Errors file first (or a stale one removed), then the shard (atomic rename): the shard's
+    existence marks the shard done."""
     pa, pq = _pa()
     if failures:
         write_text(errors_path(out, index), "".join(json.dumps({"path": p, "error": e}) + "\n" for p, e in failures))
+    else:
+        errors_path(out, index).unlink(missing_ok=True)
     token = pa.int32() if tok.discrete else pa.list_(pa.float32(), tok.model.cfg.code_dim)
     schema = pa.schema([("path", pa.string()), ("length", pa.int32()), ("codes", pa.list_(token))]
                        + ([("l1", pa.float32())] if "l1" in cols else []),
@@ -129,8 +171,8 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
                     shard_size: int = 1000, batch_size: int = 256, with_error: bool = False,
                     guarantee: float | None = None, rank: int = 0, world: int = 1, barrier=lambda: None,
                     progress: bool = True) -> TokenizeSummary:
-    root, out = Path(root), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    root, out = Path(folder_path(root)), Path(out)
+    check_options(tok, epsilon, guarantee, shard_size, batch_size)  # the manifest and shards create out
     settings = {"epsilon": epsilon, "checkpoint": checkpoint, "guarantee": guarantee, "with_error": with_error}
     shards = plan(root, out, shard_size, settings, rank == 0, barrier)
     from . import __version__
@@ -139,7 +181,7 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
                 "max_tokens": tok.max_tokens, "token_format": "codes" if tok.discrete else "vectors",
                 "token_dim": tok.model.cfg.code_dim}
     mine = [i for i in range(len(shards.shards)) if i % world == rank]
-    todo = [i for i in mine if not shard_path(out, i).exists()]
+    todo = [i for i in mine if not shard_complete(out, i, shards.shards[i])]
     total = sum(len(shards.shards[i]) for i in todo)
     t0, n_images, n_fail = time.time(), 0, 0
     with tqdm(total=total, unit="img", desc=f"tokenize[{rank}]", disable=not progress, dynamic_ncols=True) as bar:

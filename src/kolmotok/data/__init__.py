@@ -85,6 +85,14 @@ class Mixture:
         return result
 
 
+def folder_path(path: str | Path) -> str:
+    """The PATH of ``folder:PATH``, checked: ``folder:`` alone is an error, not the current directory."""
+    path = str(path)
+    if not path:
+        raise ValueError("folder: needs a path, e.g. folder:/data/images")
+    return path
+
+
 def _single(spec: str, image_size: int) -> Source:
     kind, _, arg = spec.partition(":")
     if kind == "photos":
@@ -92,9 +100,7 @@ def _single(spec: str, image_size: int) -> Source:
     if kind == "shapes":
         return Shapes(image_size, arg or None)
     if kind == "folder":
-        if not arg:
-            raise ValueError("folder: needs a path, e.g. folder:/data/images")
-        return FolderImages(arg, image_size)
+        return FolderImages(folder_path(arg), image_size)
     if kind == "wds":
         if not arg:
             raise ValueError("wds: needs a shard pattern, e.g. wds:/data/train-{000000..000146}.tar")
@@ -158,12 +164,16 @@ def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234
     """A fixed, seeded evaluation set of ``num_images`` images for ``spec``. A folder gives all
     of its images if it has at most ``num_images`` (or ``num_images`` is 0), else a fixed
     random subset of that many files."""
+    is_folder = spec.startswith("folder:")
+    if num_images < (0 if is_folder else 1):
+        raise ValueError(f"{spec}: number of images must be >= {0 if is_folder else 1}, got {num_images}"
+                         + ("" if is_folder else " (0 = all files applies to folder: data only)"))
     g = torch.Generator().manual_seed(seed)
     if spec == "shapes" or spec.startswith("shapes:"):
         images, labels = shapes_mod.draw(num_images, image_size, g, spec.partition(":")[2] or None)
         return EvalSet(spec, images, labels)
-    if spec.startswith("folder:"):
-        files = folder_subset(list_images(spec.partition(":")[2]), num_images, g)
+    if is_folder:
+        files = folder_subset(list_images(folder_path(spec.partition(":")[2])), num_images, g)
         loaded = load_images(files, image_size)
         if not loaded.paths:
             raise ValueError(f"{spec}: no readable images found")

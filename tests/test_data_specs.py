@@ -1,0 +1,75 @@
+"""Data specs that name nothing usable fail at once with the spec in the message, never hang or
+silently read something else: ``folder:`` without a path, ``wds:`` shards that are missing,
+unreadable or empty."""
+
+import io
+import signal
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kolmotok.data import eval_set, make_source
+
+pytest.importorskip("webdataset")
+
+
+@pytest.fixture
+def deadline():
+    """Turn a hang into a failure (the old wds: stream retried unreadable shards forever)."""
+    def expire(*_):
+        signal.alarm(1)  # again, until the error escapes a reader that swallows exceptions
+        raise TimeoutError("still reading after 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def png_shard(path, n=3):
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(buf, format="PNG")
+            sink.write({"__key__": f"{path.stem}_{i}", "png": buf.getvalue()})
+
+
+def test_folder_without_a_path_is_not_the_current_directory(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 20)).save(tmp_path / "here.png")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("folder:", "photos@1+folder:"):
+        with pytest.raises(ValueError, match="folder: needs a path"):
+            eval_set(spec, 16, num_images=4)
+
+
+def test_wds_missing_shards_are_named(tmp_path, deadline):
+    png_shard(tmp_path / "train-0.tar")
+    pattern = f"{tmp_path}/train-{{0..2}}.tar"
+    with pytest.raises(ValueError, match=r"wds:.*train-\{0\.\.2\}\.tar: 2 of its 3 shards do not exist: .*-1\.tar"):
+        eval_set(f"wds:{pattern}", 16, num_images=4)
+    with pytest.raises(ValueError, match="nonexist-0.tar"):
+        make_source("wds:/nonexist-{0..1}.tar", 16)
+
+
+@pytest.mark.parametrize("content", [b"junk!", None], ids=["junk", "empty-tar"])
+def test_wds_shards_without_any_sample_fail_instead_of_hanging(tmp_path, deadline, content):
+    path = tmp_path / "bad.tar"
+    if content is None:
+        tarfile.open(path, "w").close()  # a valid tar with no members
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"wds:.*bad\.tar: \d+ shard reads in a row gave no sample"):
+        eval_set(f"wds:{path}", 16, num_images=4)
+
+
+def test_wds_unreadable_shard_among_good_ones_is_skipped(tmp_path, deadline):
+    png_shard(tmp_path / "part-0.tar")
+    (tmp_path / "part-1.tar").write_bytes(b"junk!")
+    batch = make_source(f"wds:{tmp_path}/part-{{0..1}}.tar", 16).sample(8, torch.Generator().manual_seed(0))
+    assert batch.shape == (8, 3, 16, 16)
