@@ -90,6 +90,17 @@ def tok(model) -> Tokenizer:
     return Tokenizer(model)
 
 
+def test_too_few_images_fail_before_any_measuring(tok, monkeypatch):
+    import kolmotok.api
+
+    def fail(*args, **kwargs):
+        raise AssertionError("measured although the images are too few")
+
+    monkeypatch.setattr(kolmotok.api, "measure_conditions", fail)
+    with pytest.raises(ValueError, match="at least 99"):
+        tok.calibrate(torch.rand(5, 3, 16, 16), alpha=0.01)
+
+
 def test_encode_with_guarantee_and_verify(tok):
     g = torch.Generator().manual_seed(2)
     calib, test = torch.rand(60, 3, 16, 16, generator=g), torch.rand(8, 3, 16, 16, generator=g)

@@ -22,6 +22,7 @@ from .calibration import (
     CONDITION_GRID,
     Calibration,
     calibrate_errors,
+    conformal_rank,
     load_calibrations,
     measure_conditions,
     save_calibrations,
@@ -311,6 +312,8 @@ class Tokenizer:
             raise ValueError(f"alphas must be a non-empty list of miss rates in (0, 1), got {alphas!r:.60}")
         alphas = [_check_alpha(a) for a in alphas]
         x = self._check_images(images)
+        for alpha in alphas:  # before any measuring
+            conformal_rank(len(x), alpha)
         errors = measure_conditions(lambda c: run_batched(self, x, c, quality=False).l1, CONDITION_GRID, progress)
         cals = [calibrate_errors(errors, CONDITION_GRID, alpha, data) for alpha in alphas]
         self.calibrations.update((c.alpha, c) for c in cals)

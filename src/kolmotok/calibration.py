@@ -80,13 +80,17 @@ class Calibration:
         return torch.where(ok, cond, 0.0).to(epsilon.device), ok.to(epsilon.device)
 
 
-def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
-    """The floor(alpha (n+1))-th smallest score: P(new score >= it) >= 1 - alpha."""
-    n = len(scores)
+def conformal_rank(n: int, alpha: float) -> int:
+    """j = floor(alpha (n + 1)): which smallest of n scores is the threshold; ValueError if n is too few."""
     j = math.floor(alpha * (n + 1))
     if j < 1:
         raise ValueError(f"alpha = {alpha} needs at least {math.ceil(1 / alpha) - 1} calibration images, got {n}")
-    return float(np.sort(scores)[j - 1])
+    return j
+
+
+def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
+    """The floor(alpha (n+1))-th smallest score: P(new score >= it) >= 1 - alpha."""
+    return float(np.sort(scores)[conformal_rank(len(scores), alpha) - 1])
 
 
 def scores_for(errors: np.ndarray, conditions: np.ndarray, epsilon: float) -> np.ndarray:
