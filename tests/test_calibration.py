@@ -133,3 +133,18 @@ def test_cli_calibrate_stores_it_with_the_checkpoint(tmp_path, model, cfg, capsy
     assert sorted(load_calibrations(ck)) == [0.1, 0.25]
     tok = load(ck, device="cpu")
     assert tok.encode(torch.rand(2, 3, 16, 16), 0.1, guarantee=0.75).guarantee == 0.75
+
+
+def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, caplog):
+    from kolmotok.checkpoint import save_checkpoint
+    from kolmotok.config import to_dict
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, {"model": to_dict(model.cfg)})
+    tok = load(ckpt, device="cpu")
+    tok.calibrate(torch.rand(20, 3, 16, 16), alpha=0.1)
+    assert tok.save_calibration() == ckpt / "calibration.json"
+    assert 0.1 in load(ckpt, device="cpu").calibrations
+    elsewhere = tok.save_calibration(tmp_path / "notes")
+    assert elsewhere.is_file() and "not a checkpoint directory" in caplog.text
+    with pytest.raises(ValueError, match="not loaded from a checkpoint"):
+        Tokenizer(model).save_calibration()

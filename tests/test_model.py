@@ -81,6 +81,21 @@ def test_direct_epsilon_term_makes_halting_monotone_in_epsilon(images):
     assert lengths[0].sum() > lengths[2].sum(), "a 20x looser target must halt earlier somewhere"
 
 
+def test_pca_of_too_few_images_whitens_only_real_components(cfg, caplog):
+    """40 distinct images span 39 directions: the rest of the PCA basis is rounding noise, and
+    whitening it (dividing by ~0) made encodings depend on the batch they were computed in."""
+    torch.manual_seed(0)
+    model = KARLTokenizer(cfg.model).eval()
+    few = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    model.init_linear_path(few.repeat(50, 1, 1, 1))
+    weight = model.linear_path.enc_weight
+    assert (weight.abs().sum(1) > 0).sum() == 39 and "span only 39" in caplog.text
+    assert weight.abs().max() < 100
+    new = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    one_by_one = torch.cat([model.linear_path.encode(im[None]) for im in new])
+    assert torch.allclose(model.linear_path.encode(new), one_by_one, atol=1e-5)
+
+
 def test_linear_path_prefix_errors_match_decoding_each_prefix(model, images):
     lp = model.linear_path
     vectors = lp.encode(images)[:, :8]

@@ -88,6 +88,23 @@ def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, caplog):
     assert "holds no checkpoint yet" in caplog.text
 
 
+def test_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path):
+    cfg = small_config("train.steps=6", "train.data=shapes", "train.checkpoint_every=100")
+
+    def interrupt(step, model):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "r", progress=False, on_step_end=interrupt)
+    assert [c.name for c in list_checkpoints(tmp_path / "r")] == ["step_0000003"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    final = train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert final.name == "step_0000006"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
 def test_kill_9_then_resume(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(run), "--data", "shapes",

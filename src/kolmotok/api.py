@@ -6,6 +6,7 @@ gives per-image variable-length sequences at the edge.
 
 from __future__ import annotations
 
+import logging
 import numbers
 import operator
 import os
@@ -30,6 +31,8 @@ from .calibration import (
 from .checkpoint import load_model, resolve_checkpoint, resolve_device
 from .data.images import load_images as _load_images
 from .models import KARLTokenizer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "tiny"
 
@@ -319,8 +322,21 @@ class Tokenizer:
         self.calibrations.update((c.alpha, c) for c in cals)
         return cals
 
-    def save_calibration(self, directory: str | Path) -> Path:
-        """Write every calibration of this tokenizer to ``directory/calibration.json`` (atomic)."""
+    def save_calibration(self, directory: str | Path | None = None) -> Path:
+        """Write every calibration of this tokenizer to ``directory/calibration.json`` (atomic).
+        Default: beside the weights it was loaded from, where :func:`load` finds it; a run
+        directory means its latest checkpoint. Another directory is written as asked, with a
+        warning that ``load`` will not read it from there."""
+        if directory is None:
+            if self.path is None:
+                raise ValueError("save_calibration(): this tokenizer was not loaded from a checkpoint; "
+                                 "give the checkpoint directory to write calibration.json into")
+            directory = self.path
+        try:
+            directory = resolve_checkpoint(directory)
+        except FileNotFoundError:
+            log.warning("%s is not a checkpoint directory: kolmotok.load() will not find the calibration there",
+                        directory)
         return save_calibrations(directory, self.calibrations)
 
     @torch.no_grad()

@@ -231,8 +231,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
-    from .api import shipped_checkpoint
-    from .checkpoint import resolve_checkpoint
     from .data import eval_set
 
     tok = _load(args)
@@ -247,8 +245,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             cond, ok = cal.lookup(torch.tensor([eps]))
             note = "" if bool(ok) else "  (not attainable: the full budget misses eps too often; uses every token)"
             print(f"  eps {eps:5.3f} -> condition {float(cond):.4f}{note}")
-    target = args.out or resolve_checkpoint(args.ckpt or shipped_checkpoint())
-    print(f"saved: {tok.save_calibration(target)}")
+    print(f"saved: {tok.save_calibration(args.out)}")
     return 0
 
 
@@ -435,8 +432,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"kolmotok {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"kolmotok {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`kolmotok encode ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except OSError as exc:  # a write that failed anyway (disk full, permissions changed meanwhile)
-        print(f"kolmotok {args.command}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kolmotok {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,7 @@ Variable length stays batched: tokens are a padded ``(B, T, ...)`` tensor plus
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -23,6 +24,12 @@ from .base_ae import PREFIX as BASE_PREFIX
 from .base_ae import BaseAutoencoder
 from .blocks import EpsilonEmbedding, PixelHead, PixelStem, Transformer
 from .quantizers import Quantized, build_quantizer
+
+log = logging.getLogger(__name__)
+
+# principal components whose singular value is below this share of the largest carry no variance
+# of the data, only rounding noise: whitening them would multiply that noise by ~1e6
+PCA_RANK_TOLERANCE = 1e-4
 
 EPS_REFERENCE = 0.05  # where the direct eps term of the halting logits is zero
 
@@ -99,8 +106,12 @@ class LinearPath(nn.Module):
         _, s, v = torch.linalg.svd(x - mean, full_matrices=False)  # v: (min(N, P), P)
         k = self.max_tokens * self.code_dim
         comps = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
-        n = min(k, v.shape[0])
-        std = (s[:n] / max(1, len(x) - 1) ** 0.5).clamp(min=1e-6)
+        n = int((s[:k] > PCA_RANK_TOLERANCE * s[0]).sum()) if len(s) else 0  # components with variance
+        if n < k:
+            log.warning("linear path: the %d initialisation images span only %d of %d principal components "
+                        "(too few or too similar training images); the linear part of tokens past %d starts "
+                        "empty", len(x), n, k, n // self.code_dim)
+        std = s[:n] / max(1, len(x) - 1) ** 0.5
         comps[:n] = v[:n] / std[:, None]  # whitened: every coefficient ~ unit variance, what FSQ expects
         self.enc_weight.copy_(comps)
         self.enc_bias.copy_(-(comps @ mean))

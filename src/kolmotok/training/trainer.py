@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +147,30 @@ class MetricsLog:
         self.file.close()
 
 
+class StopOnInterrupt:
+    """Ctrl-C (SIGINT) while training: finish the current step, write a checkpoint, then raise
+    KeyboardInterrupt, so ``--resume`` continues from that very step. A second Ctrl-C stops at
+    once. Active in a single process's main thread only (torchrun manages its workers' signals)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active, self.requested, self.previous = active, False, None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupted: finishing this step and writing a checkpoint (Ctrl-C again stops at once)")
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig, list[Path]]:
     """On --resume, the run's own saved config wins (steps and device may change)."""
     existing = list_checkpoints(out_dir)
@@ -254,34 +280,38 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         StepBatches(source, tc.batch_size, tc.seed, start, tc.steps, ddp.rank, ddp.world), batch_size=None,
         num_workers=tc.data_workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if tc.data_workers else None, persistent_workers=False)
-    for step, batch in zip(bar, loader):
-        t_step = time.time()
-        out = train_step(step_module, batch.to(device, non_blocking=True), step_generator(tc.seed, step, 1),
-                         tc.grad_accum, autocast, scaler)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        done = step + 1
-        out = ddp.mean(out)
-        speed = tc.batch_size / max(1e-9, time.time() - t_step)
-        if ddp.main:
-            row = {"step": done, **out, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                   "images_per_s": round(speed, 1), "time": round(time.time() - t0, 2)}
-            if monitor is not None and (done % tc.eval_every == 0 or done == tc.steps):
-                T_max = cfg.model.max_tokens
-                lengths = sorted({max(1, T_max // 8), T_max, cfg.objective.fixed_length} - {0})
-                for T, err in held_out_l1(model, cfg, monitor.images, lengths).items():
-                    row[f"eval_l1_T{T}"] = err
-            metrics.write(row)
-            bar.set_postfix(loss=f"{out['loss']:.4f}", l1=f"{out['l1']:.4f}", kept=f"{out['kept']:.1f}",
-                            img_s=f"{speed:.0f}", refresh=False)
-        if on_step_end is not None:
-            on_step_end(done, model)
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
-            last = checkpoint(done)
+    with StopOnInterrupt(ddp.world == 1 and threading.current_thread() is threading.main_thread()) as stop:
+        for step, batch in zip(bar, loader):
+            t_step = time.time()
+            out = train_step(step_module, batch.to(device, non_blocking=True), step_generator(tc.seed, step, 1),
+                             tc.grad_accum, autocast, scaler)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = step + 1
+            out = ddp.mean(out)
+            speed = tc.batch_size / max(1e-9, time.time() - t_step)
+            if ddp.main:
+                row = {"step": done, **out, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                       "images_per_s": round(speed, 1), "time": round(time.time() - t0, 2)}
+                if monitor is not None and (done % tc.eval_every == 0 or done == tc.steps):
+                    T_max = cfg.model.max_tokens
+                    lengths = sorted({max(1, T_max // 8), T_max, cfg.objective.fixed_length} - {0})
+                    for T, err in held_out_l1(model, cfg, monitor.images, lengths).items():
+                        row[f"eval_l1_T{T}"] = err
+                metrics.write(row)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", l1=f"{out['l1']:.4f}", kept=f"{out['kept']:.1f}",
+                                img_s=f"{speed:.0f}", refresh=False)
+            if on_step_end is not None:
+                on_step_end(done, model)
+            if done % tc.checkpoint_every == 0 or done == tc.steps or stop.requested:
+                last = checkpoint(done)
+            if stop.requested:
+                log.warning("stopped at step %d; checkpoint %s; continue with --resume", done, last)
+                raise KeyboardInterrupt
     if metrics is not None:
         metrics.close()
     if last is None:  # nothing left to train: the latest checkpoint is the result
