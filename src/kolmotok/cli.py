@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guarantee", type=float,
                    help=GUARANTEE_HELP + "; also tests whether the promise holds on these images (monitoring)")
     e.add_argument("--by-source", action="store_true",
-                   help="also per source: each photograph (photos:SPLIT) or subfolder (folder:PATH), with the "
-                        "promise check per source under --guarantee")
+                   help="also per source: each photograph (photos:SPLIT) or subfolder (folder:PATH; '.' = files "
+                        "directly in it), with the promise check per source under --guarantee")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--out", help="also write the JSON report to this file")
     e.set_defaults(func=cmd_eval)
