@@ -106,7 +106,7 @@ def test_resolve_device_defaults(monkeypatch):
 
 @pytest.mark.parametrize("override, match", [
     ("optim.lr=abc", "override optim.lr: expected a number, got str 'abc'"),
-    ("optim.lr=NaN", "override optim.lr: expected a finite number"),
+    ("optim.lr=NaN", "override optim.lr: expected a number, got nan"),
     ("model.width=abc", "override model.width: expected an integer, got str 'abc'"),
     ("model.width=4.5", "override model.width: expected an integer, got float 4.5"),
     ("model.linear_path=False", "override model.linear_path: expected a boolean, got str 'False'"),
@@ -127,6 +127,7 @@ def test_overrides_convert_where_the_meaning_is_clear():
     assert cfg.optim.lr == 1.0 and type(cfg.optim.lr) is float
     assert cfg.optim.betas == (1.0, 0.9) and cfg.model.fsq_levels == (8, 5)
     assert cfg.train.data == "123" and cfg.train.seed == 7  # a string field takes the text as written
+    assert apply_overrides(get_preset("tiny"), ["optim.grad_clip=Infinity"]).optim.grad_clip == float("inf")
 
 
 def test_from_dict_names_the_key_with_the_wrong_type():

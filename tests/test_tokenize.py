@@ -133,6 +133,17 @@ def test_resume_must_name_the_same_folder(tok, folder, tmp_path, monkeypatch):
     assert (s.shards_written, s.shards_skipped) == (0, 3)
 
 
+def test_a_manifest_of_the_earlier_version_resumes_from_anywhere(tok, folder, tmp_path, monkeypatch):
+    """Earlier manifests kept the folder as typed (relative to where that run started)."""
+    out = tmp_path / "tokens"
+    tokenize_folder(tok, folder, out, 0.1, shard_size=4, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(manifest | {"root": "imgs"}))
+    monkeypatch.chdir(folder)  # "imgs" does not resolve to the folder from here
+    s = tokenize_folder(tok, folder.resolve(), out, 0.1, shard_size=np.int64(4), progress=False)
+    assert (s.shards_written, s.shards_skipped) == (0, 3)
+
+
 def test_empty_folder_path_is_not_the_current_directory(tok, folder, tmp_path, monkeypatch):
     monkeypatch.chdir(folder)
     with pytest.raises(ValueError, match="folder: needs a path"):

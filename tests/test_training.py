@@ -83,6 +83,12 @@ def test_zero_counts_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_keep_checkpoints_zero_keeps_them_all(tmp_path):
+    train(small_config("train.steps=3", "train.data=shapes", "train.checkpoint_every=1", "train.keep_checkpoints=0"),
+          tmp_path / "r", progress=False)
+    assert len(list_checkpoints(tmp_path / "r")) == 3
+
+
 def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, caplog):
     train(small_config("train.steps=1", "train.data=shapes"), tmp_path / "new", resume=True, progress=False)
     assert "holds no checkpoint yet" in caplog.text

@@ -143,7 +143,7 @@ class TrainConfig:
     seed: int = 0
     data: str = "photos@3+shapes"  # see kolmotok.data.make_source
     checkpoint_every: int = 500
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # 0 = keep every checkpoint
     eval_every: int = 500  # held-out l1 at T_max/8 and T_max, logged for learning curves
     eval_data: str = "photos:calib"  # monitoring set for those curves (never the test split)
     eval_images: int = 128
@@ -204,8 +204,8 @@ def check_value(value: Any, hint: Any, where: str = "config") -> Any:
     if hint not in TYPE_NOUNS:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        if math.isnan(value):  # inf stays allowed (optim.grad_clip=Infinity: no clipping); ranges are per field
+            raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
         raise _wrong_type(value, hint, where)

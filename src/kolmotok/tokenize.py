@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,14 @@ def errors_path(out: Path, index: int) -> Path:
     return out / f"errors-{index:05d}.jsonl"
 
 
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _check_count(name: str, value: int) -> int:
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count < 1:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return count
 
 
 def check_options(tok: Tokenizer, epsilon: float, guarantee: float | None, shard_size: int, batch_size: int) -> None:
@@ -83,6 +89,14 @@ def shard_complete(out: Path, index: int, files: list[str]) -> bool:
     return False
 
 
+def _same_folder(stored: str, root: Path, shards: list[list[str]]) -> bool:
+    """Whether a manifest's folder is ``root``. Manifests of earlier versions kept the folder as
+    typed, often relative to wherever that run started: for them, every planned file must be there."""
+    if Path(stored).is_absolute():
+        return Path(stored).resolve() == root.resolve()
+    return all((root / f).is_file() for shard in shards for f in shard)
+
+
 @dataclass
 class Plan:
     root: Path
@@ -103,7 +117,7 @@ def plan(root: Path, out: Path, shard_size: int, settings: dict, is_main: bool =
         write_json(manifest, {"root": str(root.resolve()), "settings": settings, "shards": shards})
     barrier()
     data = json.loads(manifest.read_text())
-    if Path(data["root"]).resolve() != root.resolve():
+    if not _same_folder(data["root"], root, data["shards"]):
         raise ValueError(f"{out} holds a tokenization of folder:{data['root']}, not of folder:{root}; "
                          f"use another --out, or --data folder:{data['root']} to resume it")
     if data["settings"] != settings:

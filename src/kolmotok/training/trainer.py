@@ -187,9 +187,10 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
     return saved, existing
 
 
-# train.* counts and their smallest allowed value (eval_every 0 turns the held-out evaluation off)
-TRAIN_MINIMUMS = {"steps": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
-                  "eval_every": 0, "eval_images": 1, "pca_init_images": 1, "threads": 0, "data_workers": 0}
+# train.* counts and their smallest allowed value (eval_every 0 turns the held-out evaluation off,
+# keep_checkpoints 0 keeps them all; eval_images is checked by eval_set, where 0 means a whole folder)
+TRAIN_MINIMUMS = {"steps": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "keep_checkpoints": 0,
+                  "eval_every": 0, "pca_init_images": 1, "threads": 0, "data_workers": 0}
 
 
 def _check_counts(tc) -> None:
