@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 WORKER = str(Path(__file__).parent / "ddp_worker.py")
 # stricter_target_prob=0: the per-image target draws then do not depend on how the batch is split
 SETTINGS = ["train.steps=3", "train.batch_size=8", "train.data=shapes", "train.eval_every=0",
-            "objective.stricter_target_prob=0", "train.threads=1"]
+            "objective.stricter_target_prob=0", "train.threads=1", "train.device=cpu"]
 
 
 def _run(out: Path, nproc: int, *extra: str) -> None:

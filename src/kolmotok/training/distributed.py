@@ -52,6 +52,10 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
         return Dist(), requested
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = requested.type == "cuda"
+    if use_cuda and local >= torch.cuda.device_count():
+        raise ValueError(f"process {local} of this node has no GPU: the node has {torch.cuda.device_count()} CUDA "
+                         "device(s); start at most that many processes per node (--nproc_per_node) or use "
+                         "--device cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
