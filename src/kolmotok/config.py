@@ -65,9 +65,7 @@ class ModelConfig:
         return len(self.fsq_levels) if self.quantizer == "fsq" else self.token_dim
 
     def validate(self) -> None:
-        for name in POSITIVE_MODEL_FIELDS:
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        check_minimums("model", self, dict.fromkeys(POSITIVE_MODEL_FIELDS, 1))
         if self.mlp_ratio <= 0:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.quantizer == "fsq" and (not self.fsq_levels or min(self.fsq_levels) < 2):
@@ -100,6 +98,19 @@ class ModelConfig:
 # sizes and counts a model cannot be built with at 0 (model.validate divides by some of them)
 POSITIVE_MODEL_FIELDS = ("image_size", "patch_size", "stem_channels", "width", "encoder_layers", "decoder_layers",
                          "num_heads", "max_tokens", "linear_path_resolution", "token_dim", "base_downsample")
+
+# train.* counts and their smallest allowed value (eval_every 0 turns the held-out evaluation off,
+# keep_checkpoints 0 keeps them all; eval_images is checked by eval_set, where 0 means a whole folder)
+TRAIN_MINIMUMS = {"steps": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "keep_checkpoints": 0,
+                  "eval_every": 0, "pca_init_images": 1, "threads": 0, "data_workers": 0}
+
+
+def check_minimums(section: str, obj: Any, minimums: dict[str, int]) -> None:
+    """ValueError naming ``section.field`` for the first field of ``obj`` below its minimum."""
+    for name, minimum in minimums.items():
+        if getattr(obj, name) < minimum:
+            raise ValueError(f"{section}.{name} must be >= {minimum}, got {getattr(obj, name)}")
+
 
 OBJECTIVES = ("karl", "fixed", "prefix", "recurrent")
 
@@ -323,6 +334,7 @@ for _base_name in ("tiny", "small", "base"):
 def validate(cfg: RunConfig) -> None:
     cfg.model.resolve_base()
     cfg.model.validate()
+    check_minimums("train", cfg.train, TRAIN_MINIMUMS)
     o = cfg.objective
     if o.kind not in OBJECTIVES:
         raise ValueError(f"objective.kind must be one of {OBJECTIVES}, got {o.kind!r}")

@@ -187,18 +187,6 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
     return saved, existing
 
 
-# train.* counts and their smallest allowed value (eval_every 0 turns the held-out evaluation off,
-# keep_checkpoints 0 keeps them all; eval_images is checked by eval_set, where 0 means a whole folder)
-TRAIN_MINIMUMS = {"steps": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "keep_checkpoints": 0,
-                  "eval_every": 0, "pca_init_images": 1, "threads": 0, "data_workers": 0}
-
-
-def _check_counts(tc) -> None:
-    for name, minimum in TRAIN_MINIMUMS.items():
-        if getattr(tc, name) < minimum:
-            raise ValueError(f"train.{name} must be >= {minimum}, got {getattr(tc, name)}")
-
-
 def _check_scale_settings(tc, world: int) -> None:
     if tc.batch_size % (world * tc.grad_accum):
         raise ValueError(f"batch_size {tc.batch_size} must be divisible by processes ({world}) x "
@@ -218,7 +206,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     validate(cfg)
     cfg, existing = _resolve_run(cfg, out_dir, resume)
     tc = cfg.train
-    _check_counts(tc)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     ddp, device = init_distributed(tc.device)
