@@ -85,7 +85,7 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _as_index(value) -> int | None:
+def as_index(value) -> int | None:
     """An integer int / numpy / torch scalar as an int; None for anything else (bools too)."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         return None
@@ -227,7 +227,7 @@ class Tokenizer:
     def _check_budget(self, budget: int | None) -> int:
         if budget is None:
             return self.max_tokens
-        value = _as_index(budget)
+        value = as_index(budget)
         if value is None or not 1 <= value <= self.max_tokens:
             raise ValueError(f"budget must be an integer in 1..{self.max_tokens}, got {budget!r}")
         return value

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .api import Tokenizer
+from .api import Tokenizer, as_index
 from .data import folder_path
 from .data.images import list_images, load_images
 from .io import atomic_path, write_json, write_text
@@ -55,10 +54,7 @@ def errors_path(out: Path, index: int) -> Path:
 
 
 def _check_count(name: str, value: int) -> int:
-    try:
-        count = operator.index(value) if not isinstance(value, bool) else None
-    except TypeError:
-        count = None
+    count = as_index(value)
     if count is None or count < 1:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     return count
