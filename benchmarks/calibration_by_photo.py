@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 
 import kolmotok
-from kolmotok.calibration import CONDITION_GRID, conformal_threshold, measure_conditions, scores_for
+from kolmotok.calibration import CONDITION_GRID, calibrate_errors, measure_conditions
 from kolmotok.data import eval_set
 from kolmotok.evaluation.evaluate import run_batched
 
@@ -29,14 +29,14 @@ CONDITIONS = np.array(CONDITION_GRID)
 
 
 def condition(errors: np.ndarray, epsilon: float, alpha: float, groups: np.ndarray | None = None) -> float:
-    """Conformal condition for ``epsilon`` (0 = full budget where unattainable); with ``groups``,
-    the tightest of the groups' own conditions."""
-    scores = scores_for(errors, CONDITIONS, epsilon)
+    """The calibrated condition for ``epsilon`` (0 = full budget where unattainable); with
+    ``groups``, the tightest of the groups' own calibrated conditions."""
+    def calibrated(columns: np.ndarray) -> float:
+        return calibrate_errors(columns, CONDITIONS, alpha, "", epsilons=[epsilon]).conditions[0]
+
     if groups is None:
-        c = conformal_threshold(scores, alpha)
-    else:
-        c = min(conformal_threshold(scores[groups == g], alpha) for g in np.unique(groups))
-    return float(c) if np.isfinite(c) else 0.0
+        return calibrated(errors)
+    return min(calibrated(errors[:, groups == g]) for g in np.unique(groups))
 
 
 def share_met(errors: np.ndarray, epsilon: float, cond: float) -> float:
