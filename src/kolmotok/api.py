@@ -23,6 +23,7 @@ from .calibration import (
     CONDITION_GRID,
     Calibration,
     calibrate_errors,
+    check_alpha,
     conformal_rank,
     load_calibrations,
     measure_conditions,
@@ -125,12 +126,6 @@ def _path_list(paths) -> list[str | os.PathLike]:
         if not isinstance(p, (str, os.PathLike)):
             raise ValueError(f"paths[{i}] must be a file path (str or Path), got {type(p).__name__} {p!r:.60}")
     return items
-
-
-def _check_alpha(alpha) -> float:
-    if not _is_real(alpha) or not 0 < alpha < 1:
-        raise ValueError(f"alpha must be a miss rate in (0, 1), e.g. 0.1, got {alpha!r}")
-    return float(alpha)
 
 
 def _calibration_summary(cal: Calibration) -> dict:
@@ -313,7 +308,7 @@ class Tokenizer:
 
         if not isinstance(alphas, (list, tuple)) or not alphas:
             raise ValueError(f"alphas must be a non-empty list of miss rates in (0, 1), got {alphas!r:.60}")
-        alphas = [_check_alpha(a) for a in alphas]
+        alphas = [check_alpha(a) for a in alphas]
         x = self._check_images(images)
         for alpha in alphas:  # before any measuring
             conformal_rank(len(x), alpha)

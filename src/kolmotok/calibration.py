@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,11 +103,26 @@ def scores_for(errors: np.ndarray, conditions: np.ndarray, epsilon: float) -> np
     return np.where(last >= 0, conditions[np.maximum(last, 0)], -np.inf)
 
 
+def alpha_problem(alpha) -> str | None:
+    """Why ``alpha`` is not a miss rate (None if it is): a real number strictly between 0 and 1."""
+    real = isinstance(alpha, numbers.Real) and not isinstance(alpha, (bool, np.bool_))
+    if not real or not 0 < alpha < 1:
+        return f"alpha must be a miss rate in (0, 1), e.g. 0.1, got {alpha!r}"
+    return None
+
+
+def check_alpha(alpha) -> float:
+    """``alpha`` as a float; ValueError saying what is wrong otherwise."""
+    problem = alpha_problem(alpha)
+    if problem:
+        raise ValueError(problem)
+    return float(alpha)
+
+
 def calibrate_errors(errors: np.ndarray, conditions, alpha: float, data: str,
                      epsilons=EPSILON_GRID) -> Calibration:
     """Calibration from a precomputed (C, N) error table (see :func:`calibrate`)."""
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    alpha = check_alpha(alpha)
     conditions = np.asarray(conditions, dtype=np.float64)
     if conditions[0] != 0 or np.any(np.diff(conditions) <= 0):
         raise ValueError("conditions must start at 0 and increase")
@@ -157,8 +173,8 @@ def _calibration_problem(cal: Calibration) -> str | None:
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    if not number(cal.alpha) or not 0 < cal.alpha < 1:
-        return f"alpha must be in (0, 1), got {cal.alpha!r}"
+    if alpha_problem(cal.alpha):
+        return alpha_problem(cal.alpha)
     columns = (cal.epsilons, cal.conditions, cal.attainable)
     if not all(isinstance(c, list) for c in columns) or not cal.epsilons or len({len(c) for c in columns}) > 1:
         return "epsilons, conditions and attainable must be non-empty lists of equal length"
