@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_TEST
-from kolmotok.cli import main
+from kolmotok.cli import main, reconstruction_paths
 
 
 def _set_args(extra=()):
@@ -64,6 +64,16 @@ def test_encode_batches_and_distinct_outputs(run_dir, tmp_path, capsys):
     written = sorted(p.relative_to(tmp_path / "rec").as_posix() for p in (tmp_path / "rec").rglob("*.png"))
     assert written == ["a/x.recon.png", "b/x.jpg.recon.png", "b/x.png.recon.png", "b/y.recon.png"]
     assert sorted(Path(r["reconstruction"]).relative_to(tmp_path / "rec").as_posix() for r in rows) == written
+
+
+def test_encode_names_a_linked_input_after_the_link(tmp_path):
+    (tmp_path / "blobs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "blobs" / "0f3a9c", format="PNG")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cat.png").symlink_to(tmp_path / "blobs" / "0f3a9c")
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "dog.png")
+    paths = reconstruction_paths([tmp_path / "data" / "cat.png", tmp_path / "data" / "dog.png"], tmp_path / "rec")
+    assert paths == [tmp_path / "rec" / "cat.recon.png", tmp_path / "rec" / "dog.recon.png"]
 
 
 def test_encode_with_guarantee_and_verify(tmp_path, capsys):

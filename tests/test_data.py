@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from kolmotok.data import eval_set, load_images, make_source
-from kolmotok.data.images import ImageLoadError, load_image
+from kolmotok.data.images import REDUCE_MARGIN, ImageLoadError, list_images, load_image, read_rgb, resize_center_crop
 from kolmotok.data.photos import SPLITS
 from kolmotok.data.shapes import NOISE_COMPLEXITY, draw
 
@@ -111,6 +111,63 @@ def test_nan_huge_and_directory_inputs_are_named_and_skipped(tmp_path, monkeypat
     reasons = {p.name: r for p, r in loaded.failures}
     assert "not finite" in reasons["nan.tif"] and "too large" in reasons["big.png"]
     assert "a directory" in reasons["sub"]
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
+                                               (3, Image.Transpose.ROTATE_180)])
+def test_exif_orientation_is_applied(tmp_path, orientation, turn):
+    """A camera stores a portrait photo sideways with an orientation tag; it loads upright."""
+    upright = Image.new("RGB", (48, 32), "white")
+    upright.paste((255, 0, 0), (0, 0, 24, 16))  # red top-left quadrant, as a viewer shows it
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.transpose(turn).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    x = load_image(tmp_path / "photo.jpg", 16)
+    red = (x[0] > 0.8) & (x[1] < 0.3)
+    assert red[:8, :8].float().mean() > 0.9 and red[8:].float().mean() < 0.1
+
+
+def test_sixteen_bit_grey_with_a_transparent_value_is_white_there(tmp_path):
+    grey = np.full((8, 8), 30000, dtype=np.uint16)
+    grey[:2, :2] = 1000
+    Image.fromarray(grey).save(tmp_path / "g16.png", transparency=1000)
+    arr = read_rgb(tmp_path / "g16.png")
+    np.testing.assert_allclose(arr[0, 0], 1.0)
+    np.testing.assert_allclose(arr[4, 4], 30000 / 65535, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_large_images_are_shrunk_first_and_match_the_full_resize(tmp_path, fmt):
+    size = 8
+    h, w = 30 * REDUCE_MARGIN * size // 4, 40 * REDUCE_MARGIN * size // 4  # shorter side 7.5x the margin
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 255
+    Image.fromarray(arr.astype(np.uint8)).save(tmp_path / f"big.{fmt.lower()}", format=fmt, quality=95)
+    path = tmp_path / f"big.{fmt.lower()}"
+    assert min(read_rgb(path, min_side=REDUCE_MARGIN * size).shape[:2]) < h // 2  # it was shrunk
+    full = resize_center_crop(read_rgb(path), size)
+    fast = load_image(path, size).permute(1, 2, 0).numpy()
+    assert np.abs(fast - full).max() < 0.01
+
+
+def test_small_images_are_not_shrunk(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert read_rgb(tmp_path / "a.png", min_side=REDUCE_MARGIN * 16).shape == (40, 50, 3)
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png", 16).permute(1, 2, 0).numpy(),
+                                  resize_center_crop(read_rgb(tmp_path / "a.png"), 16))
+
+
+def test_folders_follow_symbolic_links_once(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "elsewhere" / "linked.png")
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "own.png")
+    (root / "cameras").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
+    (root / "one.png").symlink_to(tmp_path / "elsewhere" / "linked.png")
+    (root / "broken.png").symlink_to(tmp_path / "nothing.png")
+    assert [p.relative_to(root).as_posix() for p in list_images(root)] == ["cameras/linked.png", "one.png", "own.png"]
 
 
 def test_folder_source_reads_lazily_and_skips_corrupt_files(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -44,7 +45,7 @@ def test_shards_read_back_and_decode_to_the_same_images(tok, folder, tmp_path):
     paths = table.column("path").to_pylist()
     assert sorted(paths) == sorted(f"{'a' if i % 2 else 'b'}/img{i:02d}.png" for i in range(11))
     assert json.loads(table.schema.metadata[b"epsilon"]) == 0.1
-    errors = [json.loads(x) for f in out.glob("errors-*.jsonl") for x in f.read_text().splitlines()]
+    errors = [json.loads(x) for f in out.glob("_errors-*.jsonl") for x in f.read_text().splitlines()]
     assert [e["path"] for e in errors] == ["b/broken.jpg"]
     images = tok.load_images([folder / p for p in paths])
     enc = tok.encode(images, epsilon=0.1)
@@ -137,11 +138,34 @@ def test_a_manifest_of_the_earlier_version_resumes_from_anywhere(tok, folder, tm
     """Earlier manifests kept the folder as typed (relative to where that run started)."""
     out = tmp_path / "tokens"
     tokenize_folder(tok, folder, out, 0.1, shard_size=4, progress=False)
-    manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps(manifest | {"root": "imgs"}))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    (out / "_manifest.json").write_text(json.dumps(manifest | {"root": "imgs"}))
     monkeypatch.chdir(folder)  # "imgs" does not resolve to the folder from here
     s = tokenize_folder(tok, folder.resolve(), out, 0.1, shard_size=np.int64(4), progress=False)
     assert (s.shards_written, s.shards_skipped) == (0, 3)
+
+
+def test_output_folder_reads_as_one_dataset_and_odd_names_are_kept(tok, folder, tmp_path):
+    """A file name that is not UTF-8 is tokenized (its bytes escaped in ``path``), and the side
+    files do not stop Arrow-based readers from opening the output folder itself."""
+    odd = os.fsdecode(b"caf\xe9.png")
+    Image.new("RGB", (20, 20), "red").save(folder / odd)
+    out = tmp_path / "tokens"
+    s = tokenize_folder(tok, folder, out, 0.1, shard_size=5, progress=False)
+    assert (s.images, s.failures) == (12, 1)
+    table = pq.read_table(out)  # the folder as a dataset, as pandas.read_parquet(out) reads it
+    assert table.num_rows == 12 and "caf\\xe9.png" in table.column("path").to_pylist()
+
+
+def test_side_files_of_earlier_versions_are_renamed_on_resume(tok, folder, tmp_path):
+    out = tmp_path / "tokens"
+    tokenize_folder(tok, folder, out, 0.1, shard_size=4, progress=False)
+    for side in [out / "_manifest.json", *out.glob("_errors-*.jsonl")]:
+        side.rename(out / side.name[1:])  # as an earlier version named them
+    s = tokenize_folder(tok, folder, out, 0.1, shard_size=4, progress=False)
+    assert (s.shards_written, s.shards_skipped) == (0, 3)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("shard-")) == [
+        "_errors-00001.jsonl", "_manifest.json"]
 
 
 def test_empty_folder_path_is_not_the_current_directory(tok, folder, tmp_path, monkeypatch):

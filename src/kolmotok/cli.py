@@ -144,8 +144,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def reconstruction_paths(images: list[Path], out: Path) -> list[Path]:
     """Where ``encode --out`` writes each input's reconstruction: the inputs' folders mirrored
     below their common parent, as STEM.recon.png (STEM.EXT.recon.png where two inputs in one
-    folder share a stem), so no two inputs share an output file."""
-    resolved = [p.resolve() for p in images]
+    folder share a stem), so no two inputs share an output file. Paths are made absolute
+    without following symbolic links, so a linked input is named after the link."""
+    resolved = [Path(os.path.abspath(p)) for p in images]
     common = Path(os.path.commonpath([p.parent for p in resolved]))
     stems = Counter((p.parent, p.stem) for p in resolved)
     return [out / p.parent.relative_to(common) / (f"{p.stem}.recon.png" if stems[p.parent, p.stem] == 1

@@ -1,18 +1,21 @@
 """``kolmotok tokenize``: a folder of images -> Parquet shards of variable-length tokens.
 
 Stages: :func:`plan` (list the images once, cut them into numbered shards, record the plan in
-``manifest.json``), :func:`encode_shard` (load, one encoder pass per batch, one row per image)
+``_manifest.json``), :func:`encode_shard` (load, one encoder pass per batch, one row per image)
 and :func:`write_shard` (atomic write of ``shard-NNNNN.parquet``). A shard file that exists and
 accounts for all of its planned files (rows plus listed errors) is complete, so a re-run skips it:
 an interrupted run resumes where it stopped and every image appears exactly once. A re-run must
 name the same folder and settings as the manifest. Options are checked before anything is
 written. Under torchrun, rank r writes the shards i with i % world == r.
 
-Each row: ``path`` (relative to the folder), ``length`` (tokens kept), ``codes`` (a list of
+Each row: ``path`` (relative to the folder; bytes of a file name that are not UTF-8 are
+written as ``\\xNN`` escapes), ``length`` (tokens kept), ``codes`` (a list of
 ``length`` integer codes for discrete models; for continuous models a list of ``length``
 vectors of ``token_dim`` floats) and, with ``with_error``, ``l1`` (the achieved error, one extra
 decoder pass). The file metadata records eps, the checkpoint and the token format.
-Unreadable images are listed in ``errors-NNNNN.jsonl`` beside their shard and skipped.
+Unreadable images are listed in ``_errors-NNNNN.jsonl`` beside their shard and skipped. The
+side files start with ``_`` so that Arrow, pandas and polars, given the output folder, read
+the shards alone (outputs of earlier versions, without the ``_``, are renamed on resume).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from .io import atomic_path, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"
+LEGACY_PREFIX = ("manifest.json", "errors-")  # side-file names before the "_" prefix
 
 
 def _pa():
@@ -50,7 +54,20 @@ def shard_path(out: Path, index: int) -> Path:
 
 
 def errors_path(out: Path, index: int) -> Path:
-    return out / f"errors-{index:05d}.jsonl"
+    return out / f"_errors-{index:05d}.jsonl"
+
+
+def rename_legacy_files(out: Path) -> None:
+    """Outputs of earlier versions named the side files without "_": rename them in place."""
+    for path in [out / LEGACY_PREFIX[0], *out.glob(f"{LEGACY_PREFIX[1]}*.jsonl")]:
+        if path.is_file():
+            path.replace(out / f"_{path.name}")
+
+
+def printable_path(relative: str) -> str:
+    """A relative path as Parquet's UTF-8 strings can hold it: bytes of the file name that are
+    not UTF-8 (kept by Python as surrogate escapes) become ``\\xNN``."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _check_count(name: str, value: int) -> int:
@@ -105,6 +122,8 @@ def plan(root: Path, out: Path, shard_size: int, settings: dict, is_main: bool =
     must name the same folder and settings)."""
     _check_count("shard size (--shard-size)", shard_size)
     manifest = out / MANIFEST
+    if is_main:
+        rename_legacy_files(out)
     if is_main and not manifest.is_file():
         files = [p.relative_to(root).as_posix() for p in list_images(root)]
         if not files:
@@ -134,10 +153,10 @@ def encode_shard(tok: Tokenizer, root: Path, files: list[str], epsilon: float, b
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         loaded = load_images([root / f for f in chunk], tok.image_size, skip_errors=True)
-        failures += [(p.relative_to(root).as_posix(), reason) for p, reason in loaded.failures]
+        failures += [(printable_path(p.relative_to(root).as_posix()), reason) for p, reason in loaded.failures]
         if len(loaded.paths):
             enc = tok.encode(loaded.images, epsilon=epsilon, guarantee=guarantee)
-            cols["path"] += [p.relative_to(root).as_posix() for p in loaded.paths]
+            cols["path"] += [printable_path(p.relative_to(root).as_posix()) for p in loaded.paths]
             cols["length"] += enc.lengths.tolist()
             cols["codes"] += [t.cpu().tolist() for t in enc.to_list()]
             if with_error:
