@@ -71,8 +71,8 @@ class ObjectiveModule(nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator):
-        out = self.objective(self.model, images, generator)
+    def forward(self, images: torch.Tensor, draws):
+        out = self.objective(self.model, images, draws)
         return out.loss, out.metrics
 
 

@@ -1,4 +1,5 @@
-"""Training objectives. The trainer calls ``objective(model, images, generator)``;
+"""Training objectives. The trainer calls ``objective(model, images, draws)`` (a
+:class:`Draws`, or a plain ``torch.Generator`` for a whole batch);
 :func:`build_objective` picks one by ``objective.kind``. Baselines (same backbone, own
 objective): :class:`FixedObjective`, :class:`PrefixObjective`, :class:`RecurrentObjective`.
 
@@ -40,6 +41,42 @@ from ..evaluation.metrics import l1_per_image
 from ..models import KARLTokenizer
 
 
+class Draws:
+    """The objective's random draws for one optimizer step, the same however the batch is split.
+
+    Every micro-batch (gradient accumulation) of every process (DDP) replays the step's
+    generator from its start: scalar draws (a budget T) agree everywhere, and per-image draws are
+    made for the whole global batch of ``total`` images, of which this call keeps rows
+    ``start .. start + count``. A step split over processes and micro-batches therefore draws
+    what the one batch would have drawn.
+    """
+
+    def __init__(self, generator: torch.Generator, start: int = 0, count: int | None = None,
+                 total: int | None = None) -> None:
+        self.generator, self.start = generator, start
+        self.count = count if count is not None else total
+        self.total = total if total is not None else start + self.count
+
+    @classmethod
+    def of(cls, g: torch.Generator | Draws, batch: int) -> Draws:
+        """``g`` as draws for a batch of ``batch`` images (a generator: the whole batch)."""
+        draws = g if isinstance(g, Draws) else cls(g, 0, batch, batch)
+        if draws.count != batch:
+            raise ValueError(f"draws for {draws.count} images, batch of {batch}")
+        return draws
+
+    def _rows(self, values: torch.Tensor) -> torch.Tensor:
+        return values[self.start:self.start + self.count]
+
+    def uniform(self) -> torch.Tensor:
+        """(count,) uniform [0, 1) draws, one per image."""
+        return self._rows(torch.rand(self.total, generator=self.generator))
+
+    def integers(self, low: int, high: int) -> torch.Tensor:
+        """(count,) integers in low..high-1, one per image."""
+        return self._rows(torch.randint(low, high, (self.total,), generator=self.generator))
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate
@@ -77,7 +114,7 @@ class Objective:
 class FixedObjective(Objective):
     """TiTok-style: always exactly ``fixed_length`` tokens (eps = 0 mode)."""
 
-    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator | Draws) -> LossOutput:
         B, n = images.shape[0], self.cfg.fixed_length
         vectors = model.quantize(model.encode(images, torch.zeros(B, device=images.device), n)).vectors
         return self.reconstruct(model, images, vectors, torch.full((B,), n, device=images.device))
@@ -87,11 +124,12 @@ class PrefixObjective(Objective):
     """Nested dropout / tail drop (One-D-Piece, FlexTok): encode T_max tokens, keep a random
     prefix per image (the full budget with probability ``full_budget_prob``) and decode it."""
 
-    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator | Draws) -> LossOutput:
         B, T, dev = images.shape[0], model.cfg.max_tokens, images.device
+        draws = Draws.of(g, B)
         vectors = model.quantize(model.encode(images, torch.zeros(B, device=dev), T)).vectors
-        lengths = torch.randint(1, T + 1, (B,), generator=g)
-        lengths = torch.where(torch.rand(B, generator=g) < self.cfg.full_budget_prob, T, lengths)
+        lengths = draws.integers(1, T + 1)
+        lengths = torch.where(draws.uniform() < self.cfg.full_budget_prob, T, lengths)
         return self.reconstruct(model, images, vectors, lengths.to(dev))
 
 
@@ -99,9 +137,9 @@ class RecurrentObjective(Objective):
     """ALIT-style recurrent allocation: R rollouts (R uniform in 1..T_max/k, the last one
     with gradient; earlier ones are the detached input it refines), then decode its R*k tokens."""
 
-    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator | Draws) -> LossOutput:
         k, T = model.cfg.recurrent_step, model.cfg.max_tokens
-        rollouts = int(torch.randint(1, T // k + 1, (1,), generator=g))
+        rollouts = int(torch.randint(1, T // k + 1, (1,), generator=Draws.of(g, images.shape[0]).generator))
         previous = None
         with torch.no_grad():
             for _ in range(rollouts - 1):
@@ -140,9 +178,11 @@ class KARLObjective(Objective):
         lengths = torch.full((B,), short, device=images.device, dtype=torch.long)
         return short, l1_per_image(model.decode(vectors, lengths), images)
 
-    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator) -> LossOutput:
+    def __call__(self, model: KARLTokenizer, images: torch.Tensor, g: torch.Generator | Draws) -> LossOutput:
         cfg, dev = self.cfg, images.device
         B, T_max = images.shape[0], model.cfg.max_tokens
+        draws = Draws.of(g, B)
+        g = draws.generator  # scalar draws
 
         # Phase 1: Estimate Image Complexity -- budget T, eps = 0, all T tokens kept.
         T = sample_budget(T_max, cfg.full_budget_prob, g)
@@ -160,15 +200,15 @@ class KARLObjective(Objective):
 
         # Phase 2: Learn to Tokenize Complexity -- budget T_max, condition on eps_T.
         target = err.clamp(min=model.cfg.epsilon_floor)
-        stricter = (torch.rand(B, generator=g) < cfg.stricter_target_prob).to(dev)
-        factor = (cfg.stricter_target_min + (1 - cfg.stricter_target_min) * torch.rand(B, generator=g)).to(dev)
+        stricter = (draws.uniform() < cfg.stricter_target_prob).to(dev)
+        factor = (cfg.stricter_target_min + (1 - cfg.stricter_target_min) * draws.uniform()).to(dev)
         target = torch.where(stricter, target * factor, target)
-        looser = ~stricter & (torch.rand(B, generator=g) < cfg.looser_target_prob).to(dev)
-        scale = torch.exp(torch.rand(B, generator=g) * math.log(cfg.looser_target_max)).to(dev)
+        looser = ~stricter & (draws.uniform() < cfg.looser_target_prob).to(dev)
+        scale = torch.exp(draws.uniform() * math.log(cfg.looser_target_max)).to(dev)
         target = torch.where(looser, target * scale, target)
         if cfg.gap_target_prob > 0:  # (no draws otherwise: runs without it keep their random stream)
-            gap = ~stricter & ~looser & ~sufficient & (torch.rand(B, generator=g) < cfg.gap_target_prob).to(dev)
-            u = torch.rand(B, generator=g).to(dev)
+            gap = ~stricter & ~looser & ~sufficient & (draws.uniform() < cfg.gap_target_prob).to(dev)
+            u = draws.uniform().to(dev)
             between = torch.exp(torch.lerp(target.log(), err_short.clamp(min=model.cfg.epsilon_floor).log(), u))
             target = torch.where(gap, between, target)
         else:

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from ..evaluation.metrics import l1_per_image
 from ..io import write_json
 from ..models import KARLTokenizer
 from .distributed import ObjectiveModule, init_distributed, wrap
-from .objective import LossOutput, build_objective
+from .objective import Draws, LossOutput, build_objective
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     with StopOnInterrupt(ddp.world == 1 and threading.current_thread() is threading.main_thread()) as stop:
         for step, batch in zip(bar, loader):
             t_step = time.time()
-            out = train_step(step_module, batch.to(device, non_blocking=True), step_generator(tc.seed, step, 1),
-                             tc.grad_accum, autocast, scaler)
+            draws = partial(step_draws, tc.seed, step, tc.batch_size, ddp.rank * (tc.batch_size // ddp.world))
+            out = train_step(step_module, batch.to(device, non_blocking=True), draws, tc.grad_accum, autocast, scaler)
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             scaler.step(optimizer)
@@ -311,17 +312,25 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def train_step(step_module: torch.nn.Module, images: torch.Tensor, generator: torch.Generator, accum: int,
+def step_draws(seed: int, step: int, total: int, offset: int, start: int, count: int) -> Draws:
+    """The objective's draws for rows ``offset + start ..`` of step ``step``'s global batch of ``total``."""
+    return Draws(step_generator(seed, step, 1), offset + start, count, total)
+
+
+def train_step(step_module: torch.nn.Module, images: torch.Tensor, draws: Callable[[int, int], Draws], accum: int,
                autocast, scaler) -> dict[str, float]:
-    """Forward + backward over ``accum`` micro-batches (gradients synced on the last one only)."""
+    """Forward + backward over ``accum`` micro-batches (gradients synced on the last one only).
+    ``draws(start, count)`` gives the objective's random draws for rows start.. of ``images``."""
     sums: dict[str, float] = {}
     chunks = images.chunk(accum)
+    start = 0
     for i, chunk in enumerate(chunks):
         sync = i == len(chunks) - 1 or not hasattr(step_module, "no_sync")
         with contextlib.nullcontext() if sync else step_module.no_sync():
             with autocast:
-                loss, metrics = step_module(chunk, generator)
+                loss, metrics = step_module(chunk, draws(start, len(chunk)))
             scaler.scale(loss / len(chunks)).backward()
+        start += len(chunk)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v / len(chunks)
     return sums
