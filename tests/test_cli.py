@@ -33,6 +33,24 @@ def test_train_writes_checkpoint_and_metrics(run_dir):
     assert (run_dir / "checkpoints" / "step_0000003" / "model.safetensors").is_file()
 
 
+def test_resume_keeps_the_runs_own_settings(tmp_path, capsys):
+    """--resume without --steps continues the run as it was (not with the preset's 4000 steps);
+    a flag that would change what the run learns is refused, naming the setting."""
+    run = tmp_path / "run"
+    base = ["train", "--out", str(run), "--data", "shapes", "--no-progress", "--batch-size", "4"] + _set_args()
+    assert main(base + ["--steps", "2"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0  # already done: nothing to train
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 2
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--resume", "--steps", "3", "--no-progress"]
+                + _set_args()) == 0
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--batch-size", "8"]) == 2
+    assert "train.batch_size 4 -> 8" in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny-fixed8", "--out", str(run), "--resume", "--steps", "4"] + _set_args()) == 2
+    assert "objective.kind 'karl' -> 'fixed'" in capsys.readouterr().err
+
+
 def test_encode_json_and_corrupt_file(run_dir, tmp_path, capsys):
     good = tmp_path / "good.png"
     Image.fromarray((np.random.rand(24, 24, 3) * 255).astype(np.uint8)).save(good)

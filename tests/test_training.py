@@ -111,6 +111,20 @@ def test_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_drops_a_metrics_line_cut_off_mid_write(tmp_path):
+    cfg = small_config("train.steps=2", "train.data=shapes", "train.eval_every=0")
+    train(cfg, tmp_path / "r", progress=False)
+    with (tmp_path / "r" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "loss": 0.5')  # a crash during the write of a row past the checkpoint
+    cfg.train.steps = 3
+    train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert [r["step"] for r in _rows(tmp_path / "r")] == [1, 2, 3]
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    cfg.train.steps = 4
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
+        train(cfg, tmp_path / "r", resume=True, progress=False)
+
+
 def test_kill_9_then_resume(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(run), "--data", "shapes",
@@ -158,9 +172,11 @@ def test_init_from_checkpoint(tmp_path):
                    tmp_path / "gained", progress=False)
     weights = load_file(str(gained / "model.safetensors"))
     assert "halt_eps_gain" in weights and "halt_mlp.0.weight" in weights
-    with pytest.raises(ValueError, match="unexpected"):  # ... but not dropping a trained one
-        train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={gained}", "train.eval_every=0"),
-              tmp_path / "dropped", progress=False)
+    # a fine-tune of such a checkpoint (the shipped model, a fit-halting output) keeps those parts
+    kept = train(small_config("train.steps=1", "train.data=shapes", f"train.init_from={gained}", "train.eval_every=0"),
+                 tmp_path / "kept", progress=False)
+    assert json.loads((kept / "config.json").read_text())["model"]["halting_hidden"] == 8
+    assert "halt_mlp.0.weight" in load_file(str(kept / "model.safetensors"))
     other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
     with pytest.raises(ValueError, match="differs"):
         train(other, tmp_path / "bad", progress=False)

@@ -17,6 +17,7 @@ from . import __version__
 log = logging.getLogger("kolmotok")
 
 
+DEFAULT_PRESET = "tiny"
 FILE_OUTPUTS = ("eval",)  # subcommands whose --out is a file; every other --out is a directory
 GUARANTEE_HELP = "calibrated share of images meeting eps, e.g. 0.9 (needs a calibration: kolmotok calibrate)"
 NUM_IMAGES_HELP = ("images in the fixed, seeded eval set; a folder: all its files if it has no more, else a "
@@ -79,11 +80,29 @@ def check_output(path: str | os.PathLike | None, directory: bool) -> None:
         raise ValueError(f"output {str(target)!r}: cannot write in {str(parent)!r} ({exc.strerror})") from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def train_config(args: argparse.Namespace):
+    """The run's config before the flags: the preset's, or with --resume the run's own (so a
+    resumed run keeps its steps, data, ... unless a flag says otherwise)."""
     from .config import apply_overrides, get_preset
+    from .training.trainer import config_changes, saved_run_config
+
+    saved = saved_run_config(args.out) if args.resume else None
+    if saved is None:
+        return apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set or [])
+    if args.preset:  # only a check: a preset naming another model or objective would be ignored
+        named = apply_overrides(get_preset(args.preset), args.set or [])
+        other = config_changes(saved, named, sections=("model", "objective"))
+        if other:
+            listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in other.items())
+            raise ValueError(f"--resume: {args.out} was not trained as --preset {args.preset} ({listed}); "
+                             "leave out --preset to continue it as it was")
+    return apply_overrides(saved, args.set or [])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
-    cfg = apply_overrides(get_preset(args.preset), args.set or [])
+    cfg = train_config(args)
     if args.base_autoencoder:
         cfg.model.base_autoencoder = args.base_autoencoder
     for key in ("steps", "batch_size", "seed", "data", "device", "threads", "data_workers", "init_from", "precision",
@@ -300,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a tokenizer (two-phase KARL objective)")
-    t.add_argument("--preset", default="tiny",
-                   help="named config: tiny, small, base, small-vae, base-vae, or a baseline such as tiny-prefix")
+    t.add_argument("--preset", help=f"named config: {DEFAULT_PRESET} (default), small, base, small-vae, base-vae, "
+                   "or a baseline such as tiny-prefix; with --resume the run's own config is used")
     t.add_argument("--data", help="data spec: photos, shapes, folder:PATH, or A@w+B@v (default: the preset's)")
     t.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
     t.add_argument("--steps", type=_at_least("--steps", 1))

@@ -345,6 +345,31 @@ def validate(cfg: RunConfig) -> None:
     for name in ("full_budget_prob", "stricter_target_prob", "looser_target_prob", "gap_target_prob"):
         if not 0 <= getattr(o, name) <= 1:
             raise ValueError(f"objective.{name} must be in [0, 1], got {getattr(o, name)}")
+    check_ranges(cfg)
+
+
+# other numeric settings and their allowed ranges, (low, high, whether low itself is allowed):
+# a clip of 0 freezes the weights and a negative one climbs the loss, a negative weight or
+# learning-rate floor turns training around
+RANGES = {
+    "objective.halting_weight": (0.0, math.inf, True), "objective.mse_weight": (0.0, math.inf, True),
+    "objective.stricter_target_min": (0.0, 1.0, False), "objective.looser_target_max": (1.0, math.inf, False),
+    "optim.lr": (0.0, math.inf, True), "optim.weight_decay": (0.0, math.inf, True),
+    "optim.min_lr_ratio": (0.0, 1.0, True), "optim.grad_clip": (0.0, math.inf, False),
+    "optim.warmup_steps": (0, math.inf, True),
+}
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    for key, (low, high, low_ok) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ((low <= value if low_ok else low < value) and value <= high):
+            bound = f"[{low:g}" if low_ok else f"({low:g}"
+            raise ValueError(f"{key} must be in {bound}, {high:g}], got {value}")
+    for beta in cfg.optim.betas:
+        if not 0 <= beta < 1:
+            raise ValueError(f"optim.betas must be in [0, 1), got {list(cfg.optim.betas)}")
 
 
 def get_preset(name: str) -> RunConfig:

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..api import Tokenizer
+from ..calibration import CALIBRATION_FILE
 from ..checkpoint import (
     TRAIN_STATE,
     list_checkpoints,
@@ -30,13 +31,14 @@ from ..checkpoint import (
     prune_checkpoints,
     read_meta,
     remove_partial_checkpoints,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from ..config import RunConfig, from_dict, to_dict, validate
 from ..data import eval_set, make_source
 from ..evaluation.methods import method_for
 from ..evaluation.metrics import l1_per_image
-from ..io import write_json
+from ..io import write_json, write_text
 from ..models import KARLTokenizer
 from .distributed import ObjectiveModule, init_distributed, wrap
 from .objective import Draws, LossOutput, build_objective
@@ -114,6 +116,19 @@ FINE_TUNE_ADDITIONS = {"recurrent_step": "feedback.", "halting_epsilon_gain": "h
                        "halting_hidden": "halt_mlp."}
 
 
+def inherit_additions(cfg: RunConfig, path: str) -> RunConfig:
+    """A fine-tune keeps the parts its start checkpoint has (a halting MLP, the eps term, ...):
+    fields of :data:`FINE_TUNE_ADDITIONS` this run leaves off (0) take the checkpoint's value,
+    so ``--init-from`` works on the shipped model or a ``fit-halting`` output as it is."""
+    start = from_dict(RunConfig, {"model": read_meta(resolve_checkpoint(path), required=("model",))["model"]},
+                      where=str(path)).model
+    for field in FINE_TUNE_ADDITIONS:
+        if not getattr(cfg.model, field) and getattr(start, field):
+            log.info("--init-from %s: model.%s = %s, as in that checkpoint", path, field, getattr(start, field))
+            setattr(cfg.model, field, getattr(start, field))
+    return cfg
+
+
 def init_weights(model: KARLTokenizer, path: str) -> None:
     """Fine-tuning start: load a checkpoint's weights. Its model config must match, except for
     fields that only add a freshly initialised part (:data:`FINE_TUNE_ADDITIONS`) or hold no weights."""
@@ -130,15 +145,30 @@ def init_weights(model: KARLTokenizer, path: str) -> None:
 
 
 class MetricsLog:
-    """Append-only JSONL; on resume, rows past the checkpoint's step are dropped."""
+    """Append-only JSONL; on resume, rows past the checkpoint's step are dropped (rewritten
+    atomically), and so is a last line cut off by a crash mid-write."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
         if path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
-            path.write_text("".join(r + "\n" for r in kept))
+            kept = [line for line in self._rows(path) if json.loads(line).get("step", 0) <= resume_step]
+            write_text(path, "".join(r + "\n" for r in kept))
         self.file = path.open("a")
+
+    @staticmethod
+    def _rows(path: Path) -> list[str]:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                if i < len(lines) - 1:
+                    raise ValueError(f"{path}: line {i + 1} is not JSON ({exc})") from None
+                log.warning("%s: dropping its last line, cut off mid-write", path)
+                continue
+            rows.append(line)
+        return rows
 
     def write(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -146,6 +176,11 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _ignore_interrupt(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the training process (which stops them when it stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class StopOnInterrupt:
@@ -172,8 +207,32 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self.previous)
 
 
+# what a resumed run may change: its length, where and how fast it runs, its monitoring; not what
+# it learns (model, objective, optimizer, batch, seed, data), which would silently mix two recipes
+RESUME_MAY_CHANGE = frozenset({
+    "train.steps", "train.device", "train.threads", "train.data_workers", "train.precision", "train.compile",
+    "train.grad_accum", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_data",
+    "train.eval_images", "train.pca_init_images", "train.init_from"})
+
+
+def config_changes(old: RunConfig, new: RunConfig, sections=("model", "objective", "optim", "train")
+                   ) -> dict[str, tuple]:
+    """{"section.key": (old value, new value)} for every setting that differs."""
+    a, b = to_dict(old), to_dict(new)
+    return {f"{sec}.{k}": (a[sec].get(k), b[sec].get(k)) for sec in sections
+            for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k)}
+
+
+def saved_run_config(out_dir: str | Path) -> RunConfig | None:
+    """The config a run directory's latest checkpoint was trained with (None if it has none)."""
+    existing = list_checkpoints(Path(out_dir))
+    if not existing:
+        return None
+    return from_dict(RunConfig, read_meta(existing[-1], required=("model", "run"))["run"], where=str(existing[-1]))
+
+
 def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig, list[Path]]:
-    """On --resume, the run's own saved config wins (steps and device may change)."""
+    """On --resume, ``cfg`` may differ from the saved run only in :data:`RESUME_MAY_CHANGE`."""
     existing = list_checkpoints(out_dir)
     if existing and not resume:
         raise ValueError(f"{out_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
@@ -181,11 +240,15 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
         log.warning("--resume: %s holds no checkpoint yet; starting a new run there", out_dir)
     if not (resume and existing):
         return cfg, []
-    saved = from_dict(RunConfig, read_meta(existing[-1], required=("model", "run"))["run"], where=str(existing[-1]))
-    if to_dict(saved.model) != to_dict(cfg.model):
-        raise ValueError(f"--resume: the model config differs from the one in {existing[-1]}")
-    saved.train.steps, saved.train.device = cfg.train.steps, cfg.train.device  # may extend a run or move it
-    return saved, existing
+    fixed = {k: v for k, v in config_changes(saved_run_config(out_dir), cfg).items() if k not in RESUME_MAY_CHANGE}
+    if fixed:
+        listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in fixed.items())
+        raise ValueError(f"--resume: {existing[-1]} was trained with other settings ({listed}). A resumed run may "
+                         f"change only {', '.join(sorted(RESUME_MAY_CHANGE))}; start a new --out for the rest")
+    if (existing[-1] / CALIBRATION_FILE).exists():
+        log.warning("%s carries a calibration; training on changes the model, so the new checkpoints have none "
+                    "(run kolmotok calibrate on the result)", existing[-1])
+    return cfg, existing
 
 
 def _check_scale_settings(tc, world: int) -> None:
@@ -206,6 +269,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     out_dir = Path(out_dir)
     validate(cfg)
     cfg, existing = _resolve_run(cfg, out_dir, resume)
+    if cfg.train.init_from and not existing:
+        cfg = inherit_additions(cfg, cfg.train.init_from)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -216,6 +281,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     optimizer = build_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.optim.warmup_steps, tc.steps, cfg.optim.min_lr_ratio))
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     objective = objective or build_objective(cfg)
     start, trained_seconds = 0, 0.0
     source = make_source(tc.data, cfg.model.image_size)
@@ -231,6 +297,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         state = torch.load(existing[-1] / TRAIN_STATE, map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state.get("scaler"):  # fp16 loss scale (a run resumed in fp16 from fp32: fresh)
+            scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         trained_seconds = float(state.get("time", 0.0))
         log.info("resumed %s at step %d", existing[-1], start)
@@ -239,7 +307,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
             block.compile()  # in place: state_dict keys stay the same
     step_module = wrap(ObjectiveModule(model, objective), ddp, device)
     autocast = torch.autocast(device.type, dtype=PRECISIONS[tc.precision], enabled=tc.precision != "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     monitor, metrics = None, None
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +322,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         if ddp.main:
             meta = {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": step}
             train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "time": time.time() - t0}
+                           "scaler": scaler.state_dict(), "time": time.time() - t0}
             save_checkpoint(path, model, meta, train_state)
             prune_checkpoints(out_dir, tc.keep_checkpoints)
         ddp.barrier()
@@ -268,7 +335,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     loader = torch.utils.data.DataLoader(
         StepBatches(source, tc.batch_size, tc.seed, start, tc.steps, ddp.rank, ddp.world), batch_size=None,
         num_workers=tc.data_workers, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if tc.data_workers else None, persistent_workers=False)
+        prefetch_factor=4 if tc.data_workers else None, persistent_workers=False, worker_init_fn=_ignore_interrupt)
     with StopOnInterrupt(ddp.world == 1 and threading.current_thread() is threading.main_thread()) as stop:
         for step, batch in zip(bar, loader):
             t_step = time.time()
