@@ -184,6 +184,18 @@ def test_guarantee_claims_judge_the_single_pass_only():
                       "karl@0.9 at eps=0.1: mean tokens <= 1.25x oracle": "FAIL"}
 
 
+def test_operating_range_comes_from_the_full_budget_with_or_without_the_oracle():
+    from kolmotok.evaluation.bench import BenchResult, LengthRow, Row
+
+    def row(method, share):
+        return Row(method, "tokens", 0.1, 16.0, 16.0, 16.0, share, 0.05, 30.0, 0.9, 1, 1, 1.0, 1.0, None)
+
+    full = [LengthRow("karl", 16, 0.0, 0.0, 0.0, errors=[0.05] * 4 + [0.2] * 4)]  # T_max meets 0.1 on half
+    for rows in ([row("karl@0.9", 0.5)], [row("karl@0.9", 0.5), row("oracle", 0.5)]):
+        claims = [c for c in check_claims(BenchResult("x", 8, 16, [0.1], rows, full)) if "karl@" in c["claim"]]
+        assert [(c["status"], c["measured"]) for c in claims] == [("n/a", "full budget meets eps on 50.0% (< 95%)")]
+
+
 def test_cli_bench_quick_writes_results_and_figures(checkpoints, tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["bench", "--ckpt", str(checkpoints / "karl"), "--data", "shapes", "--epsilons", "0.05,0.1",

@@ -45,6 +45,7 @@ def test_shards_read_back_and_decode_to_the_same_images(tok, folder, tmp_path):
     paths = table.column("path").to_pylist()
     assert sorted(paths) == sorted(f"{'a' if i % 2 else 'b'}/img{i:02d}.png" for i in range(11))
     assert json.loads(table.schema.metadata[b"epsilon"]) == 0.1
+    assert json.loads(table.schema.metadata[b"root"]) == str(folder.resolve())  # paths resolve from any directory
     errors = [json.loads(x) for f in out.glob("_errors-*.jsonl") for x in f.read_text().splitlines()]
     assert [e["path"] for e in errors] == ["b/broken.jpg"]
     images = tok.load_images([folder / p for p in paths])

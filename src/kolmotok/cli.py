@@ -148,7 +148,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     tok = _load(args)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source)
+    report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source,
+                      progress=not args.no_progress)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -197,8 +198,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
         errs = l1_per_image(rec, loaded.images)
         for i, path in enumerate(loaded.paths):
             row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
-                   "epsilon": args.epsilon, "l1": round(float(errs[i]), 5),
-                   "meets_epsilon": bool(errs[i] <= args.epsilon)}
+                   "epsilon": args.epsilon, "l1": round(float(errs[i]), 5)}
+            if args.epsilon > 0:  # eps = 0 is fixed-length mode: no target to meet
+                row["meets_epsilon"] = bool(errs[i] <= args.epsilon)
             if enc.guarantee is not None:
                 row |= {"guarantee": enc.guarantee, "guaranteed": bool(enc.guaranteed[i]),
                         "condition": round(float(enc.condition[i]), 5)}
@@ -212,7 +214,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
-                notes = [f"{'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon}"]
+                notes = ([f"{'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon}"]
+                         if "meets_epsilon" in row else ["fixed-length mode"])
                 if "guarantee" in row:
                     notes.append(f"guarantee {row['guarantee']:g}" if row["guaranteed"] else "guarantee unattainable")
                 if row.get("reencoded"):
@@ -275,9 +278,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .evaluation.figures import write_figures
 
     tok = _load(args)
+    methods = build_methods(args.methods or list(DEFAULT_METHODS), tok, args.baselines, device=args.device)
     num = args.num_images if not args.quick else min(args.num_images, 16)
     data = eval_set(args.data, tok.image_size, num)
-    methods = build_methods(args.methods or list(DEFAULT_METHODS), tok, args.baselines, device=args.device)
     res = run_bench(methods, data, args.epsilons, tok.max_tokens, count_flops=not args.quick,
                     timing_rounds=1 if args.quick else args.timing_rounds)
     res.device = str(tok.device)
@@ -310,6 +313,18 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
           f"({summary.shards_skipped} already complete), {summary.failures} unreadable, "
           f"{summary.seconds:.1f} s, {rate:.0f} images/s; output {args.out}")
     return 0
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Help that states each option's default where it has a real one (not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, list) else "%(default)s"
+        return f"{text} (default: {shown})".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="tokens, error and quality per eps on an evaluation set")
     add_ckpt(e)
     e.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
-    e.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12])
+    e.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12],
+                   help="comma-separated target errors, one table row each")
     e.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     e.add_argument("--guarantee", type=float,
                    help=GUARANTEE_HELP + "; also tests whether the promise holds on these images (monitoring)")
@@ -369,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "directly in it), with the promise check per source under --guarantee")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--out", help="also write the JSON report to this file")
+    e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 
     n = sub.add_parser("encode", help="tokenize image files at a target error",
@@ -376,12 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "skipped; the exit status is 1 if any was.")
     add_ckpt(n)
     n.add_argument("images", nargs="+", help="image files")
-    n.add_argument("--epsilon", type=float, default=0.05)
+    n.add_argument("--epsilon", type=float, default=0.05, help="target error: mean absolute pixel error on [0, 1]")
     n.add_argument("--budget", type=int, help="most tokens per image (default T_max)")
     n.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     n.add_argument("--verify", action="store_true",
                    help="one more decoder pass checks each image; misses are re-encoded at a tighter condition")
-    n.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=64)
+    n.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=64, help="images per encoder pass")
     n.add_argument("--json", action="store_true", help="one JSON line per image")
     n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
     n.add_argument("--out", help="write reconstructions (PNG) to this directory, mirroring the inputs' folders "
@@ -402,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="every method on the same images: tokens, quality, passes, time, FLOPs")
     add_ckpt(b)
-    b.add_argument("--data", default="photos:test")
-    b.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12])
+    b.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
+    b.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12],
+                   help="comma-separated target errors")
     b.add_argument("--methods", type=_names("--methods"),
                    help="comma-separated; default: karl, karl@0.9, oracle, prefix, recurrent, fixed (every "
                         "fixedN baseline), codecs (png, jpeg, webp). Also: karl@G and karl+verify / "
@@ -420,11 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("tokenize", help="tokenize a folder of images into Parquet shards (resumable, torchrun-ready)")
     add_ckpt(k)
     k.add_argument("--data", required=True, help="folder:PATH")
-    k.add_argument("--epsilon", type=float, default=0.05)
+    k.add_argument("--epsilon", type=float, default=0.05, help="target error: mean absolute pixel error on [0, 1]")
     k.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     k.add_argument("--out", required=True, help="output directory for shard-NNNNN.parquet files")
     k.add_argument("--shard-size", type=_at_least("--shard-size", 1), default=1000, help="images per shard")
-    k.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256)
+    k.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256, help="images per encoder pass")
     k.add_argument("--with-error", action="store_true", help="add the achieved l1 (one extra decoder pass)")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=cmd_tokenize)
@@ -436,9 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the shipped tokenizer on built-in images; write a PNG sheet")
     add_ckpt(d)
-    d.add_argument("--epsilon", type=float, default=0.05)
+    d.add_argument("--epsilon", type=float, default=0.05, help="target error: mean absolute pixel error on [0, 1]")
     d.add_argument("--out", default="kolmotok-demo", help="output directory")
     d.set_defaults(func=cmd_demo)
+    for subparser in sub.choices.values():
+        subparser.formatter_class = _HelpWithDefaults
     return p
 
 

@@ -12,7 +12,8 @@ Each row: ``path`` (relative to the folder; bytes of a file name that are not UT
 written as ``\\xNN`` escapes), ``length`` (tokens kept), ``codes`` (a list of
 ``length`` integer codes for discrete models; for continuous models a list of ``length``
 vectors of ``token_dim`` floats) and, with ``with_error``, ``l1`` (the achieved error, one extra
-decoder pass). The file metadata records eps, the checkpoint and the token format.
+decoder pass). The file metadata records eps, the checkpoint, the token format and ``root``,
+the folder the paths are relative to.
 Unreadable images are listed in ``_errors-NNNNN.jsonl`` beside their shard and skipped. The
 side files start with ``_`` so that Arrow, pandas and polars, given the output folder, read
 the shards alone (outputs of earlier versions, without the ``_``, are renamed on resume).
@@ -206,7 +207,7 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
     shards = plan(root, out, shard_size, settings, rank == 0, barrier)
     from . import __version__
 
-    metadata = {**settings, "kolmotok_version": __version__, "image_size": tok.image_size,
+    metadata = {**settings, "root": str(root.resolve()), "kolmotok_version": __version__, "image_size": tok.image_size,
                 "max_tokens": tok.max_tokens, "token_format": "codes" if tok.discrete else "vectors",
                 "token_dim": tok.model.cfg.code_dim}
     mine = [i for i in range(len(shards.shards)) if i % world == rank]

@@ -57,10 +57,16 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
     ``codecs`` to png, jpeg and webp; ``karl@G`` is KARL with calibrated guarantee G."""
     root = Path(baselines) if baselines else None
 
+    def need_root(name: str) -> Path:
+        if root is None or not root.is_dir():
+            where = "no --baselines DIR was given" if root is None else f"--baselines {root} is not a directory"
+            raise ValueError(f"method {name!r} needs trained baseline models and {where}: train them with "
+                             f"`benchmarks/train_baselines.sh DIR` and pass --baselines DIR, or leave them out, "
+                             f"e.g. --methods karl,oracle,codecs")
+        return root
+
     def baseline(name: str, run: Path | None = None) -> Method:
-        if root is None:
-            raise ValueError(f"method {name!r} needs --baselines DIR (trained by benchmarks/train_baselines.sh)")
-        run = run or root / name
+        run = run or need_root(name) / name
         objective = read_meta(resolve_checkpoint(run), required=("model", "run"))["run"]["objective"]
         if objective["kind"] != name.rstrip("0123456789"):
             raise ValueError(f"{run} holds a {objective['kind']!r} model, not {name!r}")
@@ -76,7 +82,7 @@ def build_methods(names: list[str], tok: Tokenizer, baselines: str | Path | None
         elif name in ("prefix", "recurrent"):
             methods.append(baseline(name))
         elif name.startswith("fixed"):
-            runs = _baseline_runs(root, name) if root else []
+            runs = _baseline_runs(need_root(name), name)
             if not runs:
                 raise ValueError(f"method {name!r}: no {name}* runs under {root}")
             methods.extend(baseline("fixed", run) for run in runs)
@@ -138,6 +144,7 @@ class BenchResult:
     device: str = "cpu"
     threads: int = 1
     timing_rounds: int = 1  # ms/img is the median of this many interleaved timings
+    image_names: list[str] | None = None  # each image's file (folders) or photograph (photos), in row order
 
     def row(self, method: str, epsilon: float) -> Row | None:
         return next((r for r in self.rows if r.method == method and r.epsilon == epsilon), None)
@@ -211,8 +218,12 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
         if karl is not None:
             r.wall_ratio_to_karl = r.wall_ms_per_image / karl.wall_ms_per_image
     lengths = sorted({max(1, max_tokens // 8), max(1, max_tokens // 4), max(1, max_tokens // 2), max_tokens})
-    length_rows = []
+    length_rows, measured = [], []
     for m in methods:
+        weights = getattr(m, "tok", None)
+        if weights is not None and any(weights is w for w in measured):  # karl@G, +verify, oracle: karl's weights
+            continue
+        measured.append(weights)
         for n in lengths:
             if m.at_length(images[:1], n) is None:  # this method has no n-token reconstruction
                 continue
@@ -221,7 +232,7 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
             length_rows.append(LengthRow(m.name, n, float(err.mean()), float(psnr_per_image(full.recon, images).mean()),
                                          float(ssim_per_image(full.recon, images).mean()), err.tolist()))
     result = BenchResult(data.name, len(images), max_tokens, list(epsilons), rows, length_rows,
-                         threads=torch.get_num_threads(), timing_rounds=timing_rounds)
+                         threads=torch.get_num_threads(), timing_rounds=timing_rounds, image_names=data.names)
     result.claims = check_claims(result)
     return result
 
@@ -237,6 +248,14 @@ class _FixedLength(NamedTuple):
 
 def _claim(name: str, measured: str, ok: bool | None) -> dict:
     return {"claim": name, "measured": measured, "status": "n/a" if ok is None else ("PASS" if ok else "FAIL")}
+
+
+def full_budget_share(res: BenchResult, eps: float) -> float | None:
+    """Share of images the KARL weights bring within eps at T_max tokens (what the oracle and any
+    calibration can reach at most); None if the run measured no KARL method."""
+    row = next((r for r in res.length_rows if r.tokens == res.max_tokens and r.errors
+                and (r.method == "oracle" or r.method.startswith("karl"))), None)
+    return None if row is None else row.meet_share(eps)
 
 
 def check_claims(res: BenchResult) -> list[dict]:
@@ -287,7 +306,7 @@ def check_claims(res: BenchResult) -> list[dict]:
             c, full = res.row(cal, eps), res.row("oracle", eps)
             if c is None:
                 continue
-            reach = None if full is None else full.meet_share  # oracle meets eps wherever the full budget does
+            reach = full_budget_share(res, eps)
             if reach is not None and reach < 0.95:
                 claims.append(_claim(f"{cal} at eps={eps}: outside the operating range",
                                      f"full budget meets eps on {100 * reach:.1f}% (< 95%)", None))
@@ -322,7 +341,8 @@ def format_bench(res: BenchResult) -> str:
             f"{r.wall_ms_per_image:6.3f} | {_fmt(r.wall_ratio_to_karl, '6.2f'):>6s} | "
             f"{_fmt(None if r.flops_per_image is None else r.flops_per_image / 1e6, '9.1f'):>9s}")
     meets = "/".join(f"{e:g}" for e in res.epsilons)
-    lines += ["", f" fixed length | {'method':{w}s} | l1     | PSNR  | SSIM  | meet eps {meets}",
+    lines += ["", " fixed-length reconstructions (karl@G, karl+verify and oracle have karl's weights: listed once)",
+              f" fixed length | {'method':{w}s} | l1     | PSNR  | SSIM  | meet eps {meets}",
               "--------------+" + "-" * (w + 2) + "+--------+-------+-------+-" + "-" * (9 + len(meets))]
     for r in sorted(res.length_rows, key=lambda r: (r.tokens, r.method)):
         shares = " / ".join(f"{100 * r.meet_share(e):.0f}%" for e in res.epsilons) if r.errors else "-"
@@ -344,6 +364,8 @@ def karl_oracle_spearman(res: BenchResult) -> list[tuple[float, float]]:
 
 
 def save_bench(res: BenchResult, out: Path) -> None:
+    if (out / "results.json").exists():
+        log.warning("replacing the results in %s", out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", res.to_dict())
     write_text(out / "results.txt", format_bench(res) + "\n")
