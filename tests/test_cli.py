@@ -126,7 +126,7 @@ def test_info_and_version(run_dir, capsys):
     assert info["max_tokens"] == 8 and info["steps_in_last_run"] == 3 and info["calibrations"] == []
     assert info["parameters"] > 0 and info["objective"] == "karl" and info["checkpoint"].endswith("step_0000003")
     assert main(["info", "--device", "cpu"]) == 0  # the shipped checkpoint, with its calibration
-    assert "calibration: guarantee 0.9 on 512 images of photos:calib" in capsys.readouterr().out
+    assert "calibration: guarantee 0.9 on 512 images (photos:calib)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("kolmotok 0.")

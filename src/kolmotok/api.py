@@ -294,15 +294,15 @@ class Tokenizer:
             miss[idx[ok]] = False
         return replace(enc, tokens=tokens, lengths=lengths, condition=cond, reencoded=reencoded)
 
-    def calibrate(self, images: torch.Tensor, alpha: float = 0.1, data: str = "images",
+    def calibrate(self, images: torch.Tensor, alpha: float = 0.1, data: str = "images given to tok.calibrate",
                   progress: bool = False) -> Calibration:
         """Split-conformal calibration on held-out ``images`` (never the training or test set):
         afterwards ``encode(..., guarantee=1 - alpha)`` meets eps on at least 1 - alpha of
         images like these. See :mod:`kolmotok.calibration`; :meth:`save_calibration` stores it."""
         return self.calibrate_alphas(images, [alpha], data, progress)[0]
 
-    def calibrate_alphas(self, images: torch.Tensor, alphas: Sequence[float], data: str = "images",
-                         progress: bool = False) -> list[Calibration]:
+    def calibrate_alphas(self, images: torch.Tensor, alphas: Sequence[float],
+                         data: str = "images given to tok.calibrate", progress: bool = False) -> list[Calibration]:
         """:meth:`calibrate` for several miss rates, measuring the images once."""
         from .evaluation.evaluate import run_batched
 

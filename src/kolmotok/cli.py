@@ -237,7 +237,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{key.replace('_', ' ')}: {value}")
     for c in info["calibrations"] or [None]:
         print("calibration: none (kolmotok calibrate)" if c is None else
-              f"calibration: guarantee {c['guarantee']:g} on {c['images']} images of {c['data']}, "
+              f"calibration: guarantee {c['guarantee']:g} on {c['images']} images ({c['data']}), "
               + (f"for eps >= {c['guaranteed_from_epsilon']:g}" if c["guaranteed_from_epsilon"] is not None
                  else "no eps attainable"))
     return 0

@@ -220,7 +220,7 @@ def format_report(rep: EvalReport) -> str:
     else:
         lines.append(f" Spearman(tokens at eps=0.05, PNG bytes) = {rep.spearman_tokens_vs_png:.3f}")
         if len(rep.spearman_png_by_colour) == 2:
-            lines.append("   within grayscale crops only: {grayscale:.3f}; within colour crops only: {colour:.3f}"
+            lines.append("   within grayscale images only: {grayscale:.3f}; within colour images only: {colour:.3f}"
                          .format(**rep.spearman_png_by_colour))
     if rep.spearman_tokens_vs_label is not None and not math.isnan(rep.spearman_tokens_vs_label):
         lines.append(f" Spearman(tokens at eps=0.05, ground-truth complexity) = {rep.spearman_tokens_vs_label:.3f}")

@@ -288,6 +288,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     if tc.init_from and not existing:
         init_weights(model, tc.init_from)
     elif not existing:
+        log.info("fitting the linear token path (PCA) on %d images of %s", tc.pca_init_images, source.name)
         pca_images = source.sample(tc.pca_init_images, step_generator(tc.seed, -1, 0))
         model.init_linear_path(pca_images.to(device))
     if existing:
