@@ -1,5 +1,6 @@
 """Public API: encode/decode contract, validation, save/load round trip, the shipped checkpoint."""
 
+import copy
 import math
 
 import numpy as np
@@ -47,10 +48,28 @@ def test_per_image_epsilon(tok, images):
     assert enc.lengths[0] == 4 and enc.lengths[2] == 4
 
 
-@pytest.mark.parametrize("eps", [-0.1, math.nan, math.inf, [0.1, 0.2], "abc", None, ["0.1"], []])
+@pytest.mark.parametrize("eps", [-0.1, math.nan, math.inf, [0.1, 0.2], "abc", None, ["0.1"], [], True,
+                                 torch.tensor([True] * 5), [[0.1] * 5], torch.full((5, 1), 0.1)])
 def test_bad_epsilon(tok, images, eps):
     with pytest.raises(ValueError, match="epsilon"):
         tok.encode(images, epsilon=eps)
+
+
+def test_an_encoding_keeps_its_own_targets(tok, images):
+    eps = torch.full((5,), 0.05, requires_grad=True)
+    enc = tok.encode(images, epsilon=eps)
+    with torch.no_grad():
+        eps += 1.0  # the caller reuses its tensor
+    assert torch.equal(enc.epsilon, torch.full((5,), 0.05)) and not enc.epsilon.requires_grad
+    assert enc == enc and enc != copy.deepcopy(enc)  # identity, not an elementwise tensor comparison
+
+
+def test_continuous_decode_ignores_padding_after_each_length(tok, images):
+    enc = tok.encode(images, epsilon=0.0, budget=4)
+    lengths = torch.tensor([1, 2, 3, 4, 4])
+    padded = enc.tokens.clone()
+    padded[torch.arange(4)[None, :] >= lengths[:, None]] = math.inf  # never read
+    torch.testing.assert_close(tok.decode(padded, lengths), tok.decode(enc.tokens, lengths), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("eps", ["abc", None, []])
@@ -192,6 +211,7 @@ def test_load_images_takes_one_path(tok, tmp_path):
     ([None], r"paths\[0\] must be a file path \(str or Path\), got NoneType"),
     (["a.png", 3], r"paths\[1\] must be a file path"),
     (5, "paths must be an image file path or a list of them"),
+    (b"a.png", "got bytes"),
 ])
 def test_load_images_rejects_what_is_not_a_path(tok, paths, match):
     with pytest.raises(ValueError, match=match):

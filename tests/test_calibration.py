@@ -122,6 +122,19 @@ def test_encode_with_guarantee_and_verify(tok):
     assert (one.lengths == 1).all() and (one.reencoded == 0).all()
 
 
+def test_guarantees_given_as_float32_or_tensors_find_their_calibration(tok, tmp_path):
+    calib = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    tok.calibrate(calib, alpha=np.float32(0.2))
+    assert list(tok.calibrations) == [0.2]  # stored as 0.2, not 0.20000000298...
+    for g in (0.8, np.float32(0.8), torch.tensor(0.8), torch.tensor(0.8, dtype=torch.float64)):
+        assert tok.encode(calib[:2], 0.3, guarantee=g).guarantee == 0.8
+    with pytest.raises(ValueError, match="guarantee must be"):
+        tok.encode(calib[:2], 0.3, guarantee=torch.tensor([0.8]))
+    (tmp_path / "calibration.json").write_text("{}")
+    with pytest.raises(ValueError, match="a file; give the checkpoint directory"):
+        tok.save_calibration(tmp_path / "calibration.json")
+
+
 def test_cli_calibrate_stores_it_with_the_checkpoint(tmp_path, model, cfg, capsys):
     from kolmotok.checkpoint import save_checkpoint
     from kolmotok.config import to_dict

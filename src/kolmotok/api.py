@@ -7,7 +7,6 @@ gives per-image variable-length sequences at the edge.
 from __future__ import annotations
 
 import logging
-import numbers
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from .calibration import (
     Calibration,
     calibrate_errors,
     check_alpha,
+    check_guarantee,
     conformal_rank,
     load_calibrations,
     measure_conditions,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = "tiny"
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value: Encodings compare by identity
 class Encoding:
     """The output of one encoder pass.
 
@@ -81,11 +81,6 @@ def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     return path
 
 
-def _is_real(value) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def as_index(value) -> int | None:
     """An integer int / numpy / torch scalar as an int; None for anything else (bools too)."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
@@ -119,6 +114,8 @@ def _path_list(paths) -> list[str | os.PathLike]:
     """One path or an iterable of paths -> a list of paths; ValueError naming anything else."""
     if isinstance(paths, (str, os.PathLike)):
         return [paths]
+    if isinstance(paths, (bytes, bytearray)):
+        raise ValueError("paths must be str or Path file paths, got bytes (decode with os.fsdecode)")
     if not isinstance(paths, Iterable):
         raise ValueError(f"paths must be an image file path or a list of them, got {type(paths).__name__}")
     items = list(paths)
@@ -209,9 +206,13 @@ class Tokenizer:
                        ) -> torch.Tensor:
         """(batch,) eps on the model's device (batch None: any number of values, as given)."""
         try:
-            eps = torch.as_tensor(epsilon, dtype=torch.float32).flatten()
+            eps = torch.as_tensor(epsilon).detach()
+            if eps.dtype == torch.bool or eps.dim() > 1:
+                raise TypeError
+            eps = eps.to(torch.float32).flatten().clone()  # the Encoding keeps its own copy
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"epsilon must be a number or one number per image, got {epsilon!r:.60}") from None
+            raise ValueError(f"epsilon must be a number or a 1-D list of one number per image, "
+                             f"got {epsilon!r:.60}") from None
         if not eps.numel() or (batch is not None and eps.numel() not in (1, batch)):
             raise ValueError(f"epsilon must be one number or one per image{f' ({batch})' if batch else ''}, "
                              f"got {eps.numel()} values")
@@ -239,10 +240,9 @@ class Tokenizer:
     # ------------------------------------------------------------------ inference
     def calibration_for(self, guarantee: float) -> Calibration:
         """The stored calibration promising ``guarantee`` (= 1 - alpha); ValueError if there is none."""
-        if not _is_real(guarantee) or not 0 < guarantee < 1:
-            raise ValueError(f"guarantee must be a share in (0, 1), e.g. 0.9, got {guarantee!r}")
+        guarantee = check_guarantee(guarantee)
         for alpha, cal in self.calibrations.items():
-            if abs(alpha - (1 - guarantee)) < 1e-9:
+            if abs(alpha - (1 - guarantee)) < 1e-6:
                 return cal
         have = sorted(round(c.guarantee, 6) for c in self.calibrations.values()) or "none"
         raise ValueError(f"no calibration for guarantee {guarantee} (have: {have}); run `kolmotok calibrate "
@@ -267,6 +267,7 @@ class Tokenizer:
         T = self._check_budget(budget)
         cond, guaranteed = eps, None
         if guarantee is not None:
+            guarantee = check_guarantee(guarantee)
             cond, guaranteed = self.calibration_for(guarantee).lookup(eps)
             cond = torch.where(eps > 0, cond, 0.0)
         out = self.model.tokenize(x, cond, T)
@@ -327,6 +328,9 @@ class Tokenizer:
                 raise ValueError("save_calibration(): this tokenizer was not loaded from a checkpoint; "
                                  "give the checkpoint directory to write calibration.json into")
             directory = self.path
+        if Path(directory).is_file():
+            raise ValueError(f"save_calibration({directory}): a file; give the checkpoint directory "
+                             "(calibration.json is written inside it)")
         try:
             directory = resolve_checkpoint(directory)
         except FileNotFoundError:
@@ -365,6 +369,9 @@ class Tokenizer:
         tokens = self._check_tokens(tokens)
         lengths = self._check_lengths(lengths, tokens.shape[0], tokens.shape[1])
         self._check_token_values(tokens, lengths)
+        if not self.discrete:  # padding is masked out, but inf or NaN there would still poison the arithmetic
+            past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= lengths[:, None]
+            tokens = tokens.masked_fill(past[..., None], 0.0)
         return tokens, lengths
 
     def _token_spec(self, batched: bool) -> str:
@@ -406,11 +413,11 @@ class Tokenizer:
 
     def _check_token_values(self, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
         """Continuous tokens must be finite; discrete codes within each image's length must exist."""
+        kept = tokens[torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]]  # never read: past it
         if not self.discrete:
-            if not torch.isfinite(tokens).all():
-                raise ValueError("tokens contain NaN or infinite values")
+            if not torch.isfinite(kept).all():
+                raise ValueError("tokens contain NaN or infinite values within the images' lengths")
             return
-        kept = tokens[torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]]
         bad = kept[(kept < 0) | (kept >= self.model.quantizer.codebook_size)]
         if len(bad):
             raise ValueError(f"tokens must be {self._token_spec(True)} within each image's length, "

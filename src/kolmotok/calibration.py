@@ -103,12 +103,20 @@ def scores_for(errors: np.ndarray, conditions: np.ndarray, epsilon: float) -> np
     return np.where(last >= 0, conditions[np.maximum(last, 0)], -np.inf)
 
 
+def _share(value) -> float | None:
+    """A number strictly between 0 and 1 (Python, numpy or 0-d tensor; not a bool) as a float
+    rounded to 7 significant digits, so that float32 0.9 and 0.9 name the same calibration;
+    None for anything else."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)) or not 0 < value < 1:
+        return None
+    return float(f"{float(value):.7g}")
+
+
 def alpha_problem(alpha) -> str | None:
-    """Why ``alpha`` is not a miss rate (None if it is): a real number strictly between 0 and 1."""
-    real = isinstance(alpha, numbers.Real) and not isinstance(alpha, (bool, np.bool_))
-    if not real or not 0 < alpha < 1:
-        return f"alpha must be a miss rate in (0, 1), e.g. 0.1, got {alpha!r}"
-    return None
+    """Why ``alpha`` is not a miss rate (None if it is)."""
+    return None if _share(alpha) is not None else f"alpha must be a miss rate in (0, 1), e.g. 0.1, got {alpha!r}"
 
 
 def check_alpha(alpha) -> float:
@@ -116,7 +124,15 @@ def check_alpha(alpha) -> float:
     problem = alpha_problem(alpha)
     if problem:
         raise ValueError(problem)
-    return float(alpha)
+    return _share(alpha)
+
+
+def check_guarantee(guarantee) -> float:
+    """``guarantee`` (= 1 - alpha) as a float; ValueError saying what is wrong otherwise."""
+    value = _share(guarantee)
+    if value is None:
+        raise ValueError(f"guarantee must be a share in (0, 1), e.g. 0.9, got {guarantee!r}")
+    return value
 
 
 def calibrate_errors(errors: np.ndarray, conditions, alpha: float, data: str,
