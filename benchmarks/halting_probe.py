@@ -57,7 +57,7 @@ class ProbeHead(nn.Module):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped tiny one)")
     ap.add_argument("--images", type=int, default=3072)
     ap.add_argument("--steps", type=int, default=3000)

@@ -38,6 +38,9 @@ def torchrun(nproc: int, args: list[str], threads: int) -> tuple[float, str]:
     return time.perf_counter() - t0, proc.stdout
 
 
+WARMUP_STEPS = 5  # steps left out of the training rate (allocation, caches)
+
+
 def train_rate(root: Path, nproc: int, a, precision: str) -> float:
     out = root / f"train-{a.preset}-{nproc}-{precision}"
     torchrun(nproc, ["train", "--preset", a.preset, "--out", str(out), "--steps", str(a.steps), "--no-progress",
@@ -45,7 +48,7 @@ def train_rate(root: Path, nproc: int, a, precision: str) -> float:
                      "--set", "train.eval_every=0", "--set", f"train.checkpoint_every={a.steps}",
                      "--set", "train.pca_init_images=256"], a.threads // nproc or 1)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["images_per_s"] for r in rows[5:])
+    return statistics.median(r["images_per_s"] for r in rows[WARMUP_STEPS:])
 
 
 def tokenize_rate(root: Path, folder: Path, nproc: int, a) -> tuple[float, float]:
@@ -61,7 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--procs", default="1,2")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=30, help=f"training steps (at least {WARMUP_STEPS + 1}: "
+                    f"the first {WARMUP_STEPS} are not timed)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--device", default="cpu")
@@ -69,6 +73,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads shared by the processes")
     ap.add_argument("--skip-tokenize", action="store_true")
     a = ap.parse_args()
+    if a.steps <= WARMUP_STEPS:
+        ap.error(f"--steps must be at least {WARMUP_STEPS + 1} (the first {WARMUP_STEPS} steps are not timed)")
     procs = [int(p) for p in a.procs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -125,6 +125,15 @@ def _path_list(paths) -> list[str | os.PathLike]:
     return items
 
 
+def _refit_summary(record: dict | None) -> str | None:
+    """A ``fit-halting`` record as one line (None: the halting head is the one trained with the model)."""
+    if not isinstance(record, dict):
+        return None
+    cfg = record.get("config", {})
+    return (f"from {record.get('from')}, {cfg.get('steps')} steps on {cfg.get('images')} images of "
+            f"{cfg.get('data')}")
+
+
 def _calibration_summary(cal: Calibration) -> dict:
     attainable = [e for e, ok in zip(cal.epsilons, cal.attainable) if ok]
     return {"guarantee": cal.guarantee, "data": cal.data, "images": cal.num_images,
@@ -177,7 +186,7 @@ class Tokenizer:
             "objective": run.get("objective", {}).get("kind"),
             "steps_in_last_run": self.meta.get("step"), "training_data": train.get("data"),
             "initialised_from": train.get("init_from") or None,
-            "halting_refit": "halting_fit" in self.meta,
+            "halting_refit": _refit_summary(self.meta.get("halting_fit")),
             "calibrations": [_calibration_summary(c) for _, c in sorted(self.calibrations.items())],
         }
 

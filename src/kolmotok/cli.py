@@ -113,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.compile:
         cfg.train.compile = True
     ckpt = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"checkpoint: {ckpt}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {ckpt}")
     return 0
 
 
@@ -464,8 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, ranks other than 0 report warnings only
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s" if rank == 0 else
+                        f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
         check_output(getattr(args, "out", None), directory=args.command not in FILE_OUTPUTS)
         return args.func(args)

@@ -109,8 +109,8 @@ class LinearPath(nn.Module):
         n = int((s[:k] > PCA_RANK_TOLERANCE * s[0]).sum()) if len(s) else 0  # components with variance
         if n < k:
             log.warning("linear path: the %d initialisation images span only %d of %d principal components "
-                        "(too few or too similar training images); the linear part of tokens past %d starts "
-                        "empty", len(x), n, k, n // self.code_dim)
+                        "(too few or too similar training images); its linear part is whole for the first %d "
+                        "tokens only and starts empty beyond them", len(x), n, k, n // self.code_dim)
         std = s[:n] / max(1, len(x) - 1) ** 0.5
         comps[:n] = v[:n] / std[:, None]  # whitened: every coefficient ~ unit variance, what FSQ expects
         self.enc_weight.copy_(comps)
