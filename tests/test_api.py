@@ -228,6 +228,18 @@ def test_save_load_round_trip(tmp_path, model, cfg, images):
     assert meta["step"] == 0
 
 
+def test_shipped_checkpoint_by_name(tmp_path, monkeypatch):
+    from kolmotok.checkpoint import resolve_checkpoint, shipped_checkpoint
+
+    assert resolve_checkpoint("shipped") == resolve_checkpoint("shipped:tiny") == shipped_checkpoint()
+    with pytest.raises(FileNotFoundError, match="'nope' is missing"):
+        resolve_checkpoint("shipped:nope")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shipped").mkdir()  # a local directory of that name is what the user means
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint"):
+        resolve_checkpoint("shipped")
+
+
 def test_load_rejects_unknown_config_keys(tmp_path, model, cfg):
     meta = {"model": {**to_dict(cfg.model), "wdith": 3}, "run": to_dict(cfg), "step": 0}
     save_checkpoint(tmp_path / "ck", model, meta)

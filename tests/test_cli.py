@@ -51,6 +51,15 @@ def test_resume_keeps_the_runs_own_settings(tmp_path, capsys):
     assert "objective.kind 'karl' -> 'fixed'" in capsys.readouterr().err
 
 
+def test_fine_tune_the_shipped_model(tmp_path):
+    """--init-from shipped: the shipped model's halting MLP and eps term come along (one step)."""
+    out = tmp_path / "ft"
+    assert main(["train", "--init-from", "shipped", "--data", "shapes", "--out", str(out), "--steps", "1",
+                 "--batch-size", "2", "--set", "train.eval_every=0", "--no-progress"]) == 0
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["halting_hidden"] == 64 and model["halting_epsilon_gain"] > 0
+
+
 def test_encode_json_and_corrupt_file(run_dir, tmp_path, capsys):
     good = tmp_path / "good.png"
     Image.fromarray((np.random.rand(24, 24, 3) * 255).astype(np.uint8)).save(good)

@@ -11,7 +11,6 @@ import operator
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,11 @@ from .calibration import (
     measure_conditions,
     save_calibrations,
 )
-from .checkpoint import load_model, resolve_checkpoint, resolve_device
+from .checkpoint import load_model, resolve_checkpoint, resolve_device, shipped_checkpoint
 from .data.images import load_images as _load_images
 from .models import KARLTokenizer
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHECKPOINT = "tiny"
 
 
 @dataclass(eq=False)  # tensors have no single truth value: Encodings compare by identity
@@ -72,13 +69,6 @@ class Encoding:
     def to_list(self) -> list[torch.Tensor]:
         """Per-image token sequences without padding."""
         return [t[: int(n)] for t, n in zip(self.tokens, self.lengths)]
-
-
-def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
-    path = Path(str(resources.files("kolmotok") / "weights" / name))
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the shipped checkpoint {name!r} is missing from the installed package ({path})")
-    return path
 
 
 def as_index(value) -> int | None:

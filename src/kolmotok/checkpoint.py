@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+DEFAULT_CHECKPOINT = "tiny"
+SHIPPED_PREFIX = "shipped"  # "shipped" or "shipped:NAME" names a checkpoint inside the installed package
+
+
+def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
+    path = Path(str(resources.files("kolmotok") / "weights" / name))
+    if not (path / WEIGHTS).is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {name!r} is missing from the installed package ({path})")
+    return path
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (-> its latest checkpoint)."""
+    """A checkpoint directory, a run directory (-> its latest checkpoint), or ``shipped`` /
+    ``shipped:NAME`` (a checkpoint shipped inside the package, where no such directory exists)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"checkpoint path must be a directory (str or Path), got {type(path).__name__} {path!r}")
+    name, colon, rest = str(path).partition(":")
+    if name == SHIPPED_PREFIX and not Path(path).exists():
+        return shipped_checkpoint(rest if colon else DEFAULT_CHECKPOINT)
     path = Path(path)
     if (path / WEIGHTS).is_file() and (path / CONFIG).is_file():
         return path

@@ -119,8 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_halting(args: argparse.Namespace) -> int:
-    from .api import shipped_checkpoint
-    from .checkpoint import resolve_device
+    from .checkpoint import resolve_device, shipped_checkpoint
     from .training.halting_fit import HaltingFitConfig, fit_halting
 
     cfg = HaltingFitConfig()
@@ -298,6 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from .api import load
+    from .checkpoint import DEFAULT_CHECKPOINT, SHIPPED_PREFIX
     from .tokenize import tokenize_folder
     from .training.distributed import init_distributed
 
@@ -305,8 +305,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {args.data!r}: tokenize reads folder:PATH")
     ddp, device = init_distributed(args.device or "auto")
     tok = load(args.ckpt, device=device)
+    name = args.ckpt or f"{SHIPPED_PREFIX}:{DEFAULT_CHECKPOINT}"
     summary = tokenize_folder(tok, args.data.partition(":")[2], args.out, args.epsilon,
-                              checkpoint=args.ckpt or "shipped:tiny", shard_size=args.shard_size,
+                              checkpoint=name, shard_size=args.shard_size,
                               batch_size=args.batch_size, with_error=args.with_error, guarantee=args.guarantee,
                               rank=ddp.rank, world=ddp.world, barrier=ddp.barrier, progress=not args.no_progress)
     rate = summary.images / max(summary.seconds, 1e-9)
@@ -351,14 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the transformers")
     t.add_argument("--grad-accum", type=_at_least("--grad-accum", 1), help="micro-batches per optimizer step")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config)")
+    t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config); "
+                   "'shipped' for the shipped tiny model")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any config field, e.g. --set model.width=192 (repeatable)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
     def add_ckpt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--ckpt", help="checkpoint or run directory (default: the shipped tiny checkpoint)")
+        sp.add_argument("--ckpt", help="checkpoint or run directory, or shipped[:NAME] (default: the shipped tiny "
+                        "checkpoint)")
         sp.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
 
     f = sub.add_parser("fit-halting", help="refit a trained model's halting head to exact labels (backbone frozen)")
