@@ -129,13 +129,32 @@ def test_encode_rejects_bad_flags_before_reading(tmp_path, capsys):
         assert message in err and "bad.png" not in err
 
 
+def test_help_states_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.02,0.03,0.05,0.08,0.12)" in text and "(default: photos:test)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_encode_in_fixed_length_mode_has_no_target_to_miss(run_dir, tmp_path, capsys):
+    Image.new("RGB", (20, 20), "gray").save(tmp_path / "a.png")
+    assert main(["encode", str(tmp_path / "a.png"), "--ckpt", str(run_dir), "--epsilon", "0", "--budget", "4",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "4/4 tokens" in out and "fixed-length mode" in out and "misses" not in out
+
+
 def test_info_and_version(run_dir, capsys):
     assert main(["info", "--ckpt", str(run_dir), "--json", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["max_tokens"] == 8 and info["steps_in_last_run"] == 3 and info["calibrations"] == []
     assert info["parameters"] > 0 and info["objective"] == "karl" and info["checkpoint"].endswith("step_0000003")
+    assert info["halting_refit"] is None
     assert main(["info", "--device", "cpu"]) == 0  # the shipped checkpoint, with its calibration
-    assert "calibration: guarantee 0.9 on 512 images (photos:calib)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "calibration: guarantee 0.9 on 512 images (photos:calib)" in out
+    assert "halting refit: from runs/ft4, 3000 steps on 3072 images of photos@3+shapes@1+shapes:gradient@0.5" in out
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("kolmotok 0.")
