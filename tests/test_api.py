@@ -229,9 +229,10 @@ def test_save_load_round_trip(tmp_path, model, cfg, images):
 
 
 def test_shipped_checkpoint_by_name(tmp_path, monkeypatch):
-    from kolmotok.checkpoint import resolve_checkpoint, shipped_checkpoint
+    from kolmotok.checkpoint import checkpoint_label, resolve_checkpoint, shipped_checkpoint
 
     assert resolve_checkpoint("shipped") == resolve_checkpoint("shipped:tiny") == shipped_checkpoint()
+    assert checkpoint_label(None) == checkpoint_label("shipped") == checkpoint_label("shipped:tiny") == "shipped:tiny"
     with pytest.raises(FileNotFoundError, match="'nope' is missing"):
         resolve_checkpoint("shipped:nope")
     monkeypatch.chdir(tmp_path)

@@ -169,6 +169,9 @@ def test_fixed_length_claims_come_from_per_image_errors():
     own = claims["eps=0.1: KARL uses >= 25% fewer tokens than KARL's own shortest fixed length meeting eps on 90%"]
     assert base["status"] == "FAIL" and "fixed-8 (95.0% meet): 25% more" in base["measured"]
     assert own["status"] == "PASS" and "karl fixed-16 (100.0% meet): 38% fewer" in own["measured"]
+    for r in lengths:  # --methods oracle,karl: the shared weights' rows are listed under "oracle"
+        r.method = "oracle"
+    assert {c["claim"]: c for c in check_claims(res)}[own["claim"]] == own
 
 
 def test_guarantee_claims_judge_the_single_pass_only():

@@ -1,5 +1,7 @@
 """Split-conformal calibration: promised coverage on synthetic data with a known answer, and its API/CLI."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,12 @@ def test_guarantees_given_as_float32_or_tensors_find_their_calibration(tok, tmp_
         assert tok.encode(calib[:2], 0.3, guarantee=g).guarantee == 0.8
     with pytest.raises(ValueError, match="guarantee must be"):
         tok.encode(calib[:2], 0.3, guarantee=torch.tensor([0.8]))
+    with pytest.raises(ValueError, match="alpha must be a miss rate"):
+        tok.calibrate(calib, alpha=0.99999999)  # rounds to 1: not a miss rate
+    old = json.loads((tok.save_calibration(tmp_path / "old")).read_text())
+    old["calibrations"][0]["alpha"] = float(np.float32(0.2))  # as files of earlier versions stored it
+    (tmp_path / "old" / "calibration.json").write_text(json.dumps(old))
+    assert list(load_calibrations(tmp_path / "old")) == [0.2]
     (tmp_path / "calibration.json").write_text("{}")
     with pytest.raises(ValueError, match="a file; give the checkpoint directory"):
         tok.save_calibration(tmp_path / "calibration.json")

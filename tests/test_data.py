@@ -1,12 +1,22 @@
 """Built-in data and image files: determinism, the split, odd and corrupt files."""
 
+import struct
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from kolmotok.data import eval_set, load_images, make_source
-from kolmotok.data.images import REDUCE_MARGIN, ImageLoadError, list_images, load_image, read_rgb, resize_center_crop
+from kolmotok.data.images import (
+    REDUCE_MARGIN,
+    ImageLoadError,
+    list_images,
+    load_image,
+    read_rgb,
+    resize_center_crop,
+    resized_dims,
+)
 from kolmotok.data.photos import SPLITS
 from kolmotok.data.shapes import NOISE_COMPLEXITY, draw
 
@@ -138,21 +148,39 @@ def test_sixteen_bit_grey_with_a_transparent_value_is_white_there(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_large_images_are_shrunk_first_and_match_the_full_resize(tmp_path, fmt):
-    size = 8
-    h, w = 30 * REDUCE_MARGIN * size // 4, 40 * REDUCE_MARGIN * size // 4  # shorter side 7.5x the margin
-    yy, xx = np.mgrid[0:h, 0:w]
-    arr = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 255
-    Image.fromarray(arr.astype(np.uint8)).save(tmp_path / f"big.{fmt.lower()}", format=fmt, quality=95)
-    path = tmp_path / f"big.{fmt.lower()}"
-    assert min(read_rgb(path, min_side=REDUCE_MARGIN * size).shape[:2]) < h // 2  # it was shrunk
-    full = resize_center_crop(read_rgb(path), size)
-    fast = load_image(path, size).permute(1, 2, 0).numpy()
-    assert np.abs(fast - full).max() < 0.01
+    """A photo 16x the model size or more is shrunk to exactly 8x the size the resize rule gives
+    it (odd sizes included: the rule's rounding is kept), and the result is the full rule's."""
+    from skimage import data as skdata
+
+    size, (w, h) = 16, (700, 530)
+    Image.fromarray(skdata.astronaut()).resize((w, h), Image.BICUBIC).save(tmp_path / "p", format=fmt, quality=95)
+    shrunk = read_rgb(tmp_path / "p", size)
+    assert shrunk.shape[:2] == tuple(REDUCE_MARGIN * d for d in resized_dims(h, w, size))
+    full = resize_center_crop(read_rgb(tmp_path / "p"), size)
+    diff = np.abs(load_image(tmp_path / "p", size).permute(1, 2, 0).numpy() - full)
+    assert diff.mean() < 1e-3 and diff.max() < 0.01
+
+
+@pytest.mark.parametrize("mode", ["P", "I", "F"])
+def test_modes_a_filter_would_distort_are_read_whole(tmp_path, mode):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 200, (300, 400), dtype=np.uint8)).convert(mode)
+    img.save(tmp_path / "x.tif")
+    assert read_rgb(tmp_path / "x.tif", 8).shape == (300, 400, 3)
+
+
+def test_damaged_exif_is_ignored_not_fatal(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 10), "red").save(tmp_path / "a.jpg")
+
+    def broken(self):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken)
+    assert load_image(tmp_path / "a.jpg", 8).shape == (3, 8, 8)
 
 
 def test_small_images_are_not_shrunk(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    assert read_rgb(tmp_path / "a.png", min_side=REDUCE_MARGIN * 16).shape == (40, 50, 3)
+    assert read_rgb(tmp_path / "a.png", 16).shape == (40, 50, 3)
     np.testing.assert_array_equal(load_image(tmp_path / "a.png", 16).permute(1, 2, 0).numpy(),
                                   resize_center_crop(read_rgb(tmp_path / "a.png"), 16))
 
@@ -168,6 +196,10 @@ def test_folders_follow_symbolic_links_once(tmp_path):
     (root / "one.png").symlink_to(tmp_path / "elsewhere" / "linked.png")
     (root / "broken.png").symlink_to(tmp_path / "nothing.png")
     assert [p.relative_to(root).as_posix() for p in list_images(root)] == ["cameras/linked.png", "one.png", "own.png"]
+    (root / "aa_alias").symlink_to(root / "sub", target_is_directory=True)  # a second name for a real folder
+    Image.new("RGB", (4, 4)).save(root / "sub" / "s.png")
+    names = [p.relative_to(root).as_posix() for p in list_images(root)]
+    assert "sub/s.png" in names and "aa_alias/s.png" not in names  # the real folder's name, whatever the order
 
 
 def test_folder_source_reads_lazily_and_skips_corrupt_files(tmp_path):

@@ -177,6 +177,9 @@ def test_init_from_checkpoint(tmp_path):
                  tmp_path / "kept", progress=False)
     assert json.loads((kept / "config.json").read_text())["model"]["halting_hidden"] == 8
     assert "halt_mlp.0.weight" in load_file(str(kept / "model.safetensors"))
+    # ... and the same config, asked to resume that fine-tune, means those parts too
+    again = small_config("train.steps=2", "train.data=shapes", f"train.init_from={gained}", "train.eval_every=0")
+    assert train(again, tmp_path / "kept", resume=True, progress=False).name == "step_0000002"
     other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
     with pytest.raises(ValueError, match="differs"):
         train(other, tmp_path / "bad", progress=False)

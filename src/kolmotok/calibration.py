@@ -109,9 +109,10 @@ def _share(value) -> float | None:
     None for anything else."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool:
         value = value.item()
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)) or not 0 < value < 1:
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         return None
-    return float(f"{float(value):.7g}")
+    value = float(f"{float(value):.7g}")
+    return value if 0 < value < 1 else None  # (checked after rounding: 0.99999999 is not a share)
 
 
 def alpha_problem(alpha) -> str | None:
@@ -217,4 +218,6 @@ def load_calibrations(directory: str | Path) -> dict[float, Calibration]:
         problem = _calibration_problem(cal)
         if problem:
             raise ValueError(f"{path}: calibration {i} is not valid: {problem}")
-    return {float(c.alpha): c for c in cals}
+    for cal in cals:  # files written before alphas were rounded may hold float32 noise (0.10000000149...)
+        cal.alpha = check_alpha(cal.alpha)
+    return {c.alpha: c for c in cals}

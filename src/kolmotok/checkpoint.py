@@ -106,14 +106,31 @@ def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     return path
 
 
+def shipped_name(path: str | Path | None) -> str | None:
+    """NAME if ``path`` names a shipped checkpoint (None, ``shipped`` or ``shipped:NAME``, where
+    no such local directory exists), else None."""
+    if path is None:
+        return DEFAULT_CHECKPOINT
+    prefix, colon, rest = str(path).partition(":")
+    if prefix != SHIPPED_PREFIX or Path(path).exists():
+        return None
+    return rest if colon else DEFAULT_CHECKPOINT
+
+
+def checkpoint_label(path: str | Path | None) -> str:
+    """One spelling per checkpoint for records (``shipped:tiny`` however it was asked for)."""
+    shipped = shipped_name(path)
+    return str(path) if shipped is None else f"{SHIPPED_PREFIX}:{shipped}"
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, a run directory (-> its latest checkpoint), or ``shipped`` /
     ``shipped:NAME`` (a checkpoint shipped inside the package, where no such directory exists)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"checkpoint path must be a directory (str or Path), got {type(path).__name__} {path!r}")
-    name, colon, rest = str(path).partition(":")
-    if name == SHIPPED_PREFIX and not Path(path).exists():
-        return shipped_checkpoint(rest if colon else DEFAULT_CHECKPOINT)
+    shipped = shipped_name(path)
+    if shipped is not None:
+        return shipped_checkpoint(shipped)
     path = Path(path)
     if (path / WEIGHTS).is_file() and (path / CONFIG).is_file():
         return path

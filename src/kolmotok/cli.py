@@ -84,13 +84,15 @@ def train_config(args: argparse.Namespace):
     """The run's config before the flags: the preset's, or with --resume the run's own (so a
     resumed run keeps its steps, data, ... unless a flag says otherwise)."""
     from .config import apply_overrides, get_preset
-    from .training.trainer import config_changes, saved_run_config
+    from .training.trainer import config_changes, keep_additions, saved_run_config
 
     saved = saved_run_config(args.out) if args.resume else None
     if saved is None:
         return apply_overrides(get_preset(args.preset or DEFAULT_PRESET), args.set or [])
     if args.preset:  # only a check: a preset naming another model or objective would be ignored
         named = apply_overrides(get_preset(args.preset), args.set or [])
+        if saved.train.init_from:
+            named = keep_additions(named, saved.model, "--resume")
         other = config_changes(saved, named, sections=("model", "objective"))
         if other:
             listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in other.items())
@@ -297,7 +299,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from .api import load
-    from .checkpoint import DEFAULT_CHECKPOINT, SHIPPED_PREFIX
+    from .checkpoint import checkpoint_label
     from .tokenize import tokenize_folder
     from .training.distributed import init_distributed
 
@@ -305,9 +307,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {args.data!r}: tokenize reads folder:PATH")
     ddp, device = init_distributed(args.device or "auto")
     tok = load(args.ckpt, device=device)
-    name = args.ckpt or f"{SHIPPED_PREFIX}:{DEFAULT_CHECKPOINT}"
     summary = tokenize_folder(tok, args.data.partition(":")[2], args.out, args.epsilon,
-                              checkpoint=name, shard_size=args.shard_size,
+                              checkpoint=checkpoint_label(args.ckpt), shard_size=args.shard_size,
                               batch_size=args.batch_size, with_error=args.with_error, guarantee=args.guarantee,
                               rank=ddp.rank, world=ddp.world, barrier=ddp.barrier, progress=not args.no_progress)
     rate = summary.images / max(summary.seconds, 1e-9)

@@ -24,7 +24,7 @@ import torch
 
 from . import shapes as shapes_mod
 from .augment import training_view
-from .images import REDUCE_MARGIN, ImageLoadError, list_images, load_image, load_images, read_rgb, stack_images
+from .images import ImageLoadError, list_images, load_image, load_images, read_rgb, stack_images
 from .photos import PhotoCrops
 from .shapes import Shapes
 
@@ -59,7 +59,7 @@ class FolderImages:
             if path in self.bad:
                 continue
             try:
-                return training_view(read_rgb(path, REDUCE_MARGIN * self.image_size), self.image_size, generator)
+                return training_view(read_rgb(path, self.image_size), self.image_size, generator)
             except ImageLoadError as exc:
                 log.warning("skipping %s", exc)
                 self.bad.add(path)

@@ -23,18 +23,18 @@ import torch
 from PIL import Image
 
 from .augment import training_view
-from .images import IMAGE_SUFFIXES, REDUCE_MARGIN, decode_rgb, stack_images
+from .images import IMAGE_SUFFIXES, decode_rgb, stack_images
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = tuple(s.lstrip(".") for s in IMAGE_SUFFIXES)
 
 
-def _first_image(sample: dict, min_side: int) -> np.ndarray | None:
+def _first_image(sample: dict, size: int) -> np.ndarray | None:
     for key, value in sample.items():
         if key.lower().rsplit(".", 1)[-1] in IMAGE_KEYS:
             with Image.open(io.BytesIO(value)) as img:
-                return decode_rgb(img, min_side)
+                return decode_rgb(img, size)
     return None
 
 
@@ -97,7 +97,7 @@ class WebDatasetImages:
         for _ in range(1000):
             sample = next(self._stream)
             try:
-                arr = _first_image(sample, REDUCE_MARGIN * self.image_size)
+                arr = _first_image(sample, self.image_size)
             except (OSError, ValueError, SyntaxError) as exc:
                 log.warning("%s: skipping sample %s (%s)", self.name, sample.get("__key__"), exc)
                 continue

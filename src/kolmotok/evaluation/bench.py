@@ -250,11 +250,17 @@ def _claim(name: str, measured: str, ok: bool | None) -> dict:
     return {"claim": name, "measured": measured, "status": "n/a" if ok is None else ("PASS" if ok else "FAIL")}
 
 
+def has_karl_weights(method: str) -> bool:
+    """karl, karl@G, karl+verify and oracle: one set of weights (its fixed-length rows are listed once,
+    under whichever of them ran first)."""
+    return method == "oracle" or method.startswith("karl")
+
+
 def full_budget_share(res: BenchResult, eps: float) -> float | None:
     """Share of images the KARL weights bring within eps at T_max tokens (what the oracle and any
     calibration can reach at most); None if the run measured no KARL method."""
-    row = next((r for r in res.length_rows if r.tokens == res.max_tokens and r.errors
-                and (r.method == "oracle" or r.method.startswith("karl"))), None)
+    row = next((r for r in res.length_rows if r.tokens == res.max_tokens and r.errors and has_karl_weights(r.method)),
+               None)
     return None if row is None else row.meet_share(eps)
 
 
@@ -282,7 +288,7 @@ def check_claims(res: BenchResult) -> list[dict]:
     fixed = [_FixedLength(r.mean_size, r.method, r.epsilon, r.meet_share)
              for r in res.rows if r.method.startswith("fixed-")]
     own = [_FixedLength(float(r.tokens), f"karl fixed-{r.tokens}", e, r.meet_share(e))
-           for r in res.length_rows if r.method == "karl" for e in res.epsilons]
+           for r in res.length_rows if has_karl_weights(r.method) for e in res.epsilons]
     for label, candidates in (("the shortest fixed-length baseline", fixed),
                               ("KARL's own shortest fixed length", own)):
         if not candidates:

@@ -34,7 +34,7 @@ from ..checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from ..config import RunConfig, from_dict, to_dict, validate
+from ..config import ModelConfig, RunConfig, from_dict, to_dict, validate
 from ..data import eval_set, make_source
 from ..evaluation.methods import method_for
 from ..evaluation.metrics import l1_per_image
@@ -122,9 +122,14 @@ def inherit_additions(cfg: RunConfig, path: str) -> RunConfig:
     so ``--init-from`` works on the shipped model or a ``fit-halting`` output as it is."""
     start = from_dict(RunConfig, {"model": read_meta(resolve_checkpoint(path), required=("model",))["model"]},
                       where=str(path)).model
+    return keep_additions(cfg, start, f"--init-from {path}")
+
+
+def keep_additions(cfg: RunConfig, start: ModelConfig, why: str) -> RunConfig:
+    """Fields of :data:`FINE_TUNE_ADDITIONS` that ``cfg`` leaves off (0) take ``start``'s value."""
     for field in FINE_TUNE_ADDITIONS:
         if not getattr(cfg.model, field) and getattr(start, field):
-            log.info("--init-from %s: model.%s = %s, as in that checkpoint", path, field, getattr(start, field))
+            log.info("%s: model.%s = %s, as in that checkpoint", why, field, getattr(start, field))
             setattr(cfg.model, field, getattr(start, field))
     return cfg
 
@@ -240,7 +245,10 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
         log.warning("--resume: %s holds no checkpoint yet; starting a new run there", out_dir)
     if not (resume and existing):
         return cfg, []
-    fixed = {k: v for k, v in config_changes(saved_run_config(out_dir), cfg).items() if k not in RESUME_MAY_CHANGE}
+    saved = saved_run_config(out_dir)
+    if saved.train.init_from:  # a fine-tune kept its start's halting parts: the same config, asked again, means them
+        cfg = keep_additions(cfg, saved.model, f"--resume of a run initialised from {saved.train.init_from}")
+    fixed = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUME_MAY_CHANGE}
     if fixed:
         listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in fixed.items())
         raise ValueError(f"--resume: {existing[-1]} was trained with other settings ({listed}). A resumed run may "
