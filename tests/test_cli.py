@@ -49,6 +49,8 @@ def test_resume_keeps_the_runs_own_settings(tmp_path, capsys):
     assert "train.batch_size 4 -> 8" in capsys.readouterr().err
     assert main(["train", "--preset", "tiny-fixed8", "--out", str(run), "--resume", "--steps", "4"] + _set_args()) == 2
     assert "objective.kind 'karl' -> 'fixed'" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--init-from", "shipped"]) == 2
+    assert "train.init_from '' -> 'shipped'" in capsys.readouterr().err
 
 
 def test_fine_tune_the_shipped_model(tmp_path):

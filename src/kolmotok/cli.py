@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=_at_least("--grad-accum", 1), help="micro-batches per optimizer step")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config); "
-                   "'shipped' for the shipped tiny model")
+                   "'shipped' or 'shipped:NAME' for a checkpoint shipped with the package")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any config field, e.g. --set model.width=192 (repeatable)")
     t.add_argument("--no-progress", action="store_true")
@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     b.add_argument("--timing-rounds", type=int, default=3,
                    help="time every method this many times, in interleaved rounds, and report the median")
-    b.add_argument("--quick", action="store_true", help="16 images, no FLOP counting, one timing round (for tests)")
+    b.add_argument("--quick", action="store_true",
+                   help="at most 16 images (fewer with --num-images), no FLOP counting, one timing round (for tests)")
     b.add_argument("--out", help="directory for results.json, results.txt and figures")
     b.set_defaults(func=cmd_bench)
 

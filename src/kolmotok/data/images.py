@@ -188,7 +188,8 @@ def list_images(root: str | Path) -> list[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        # a folder reached twice is read under its first name: real folders first, then by name
+        # a folder reachable by several paths is read once, under the first one met in this
+        # depth-first walk, which visits each folder's real subfolders before its links, by name
         subfolders.sort(key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         found += [Path(folder, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(p for p in found if p.is_file())

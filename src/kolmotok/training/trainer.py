@@ -217,7 +217,7 @@ class StopOnInterrupt:
 RESUME_MAY_CHANGE = frozenset({
     "train.steps", "train.device", "train.threads", "train.data_workers", "train.precision", "train.compile",
     "train.grad_accum", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_data",
-    "train.eval_images", "train.pca_init_images", "train.init_from"})
+    "train.eval_images", "train.pca_init_images"})
 
 
 def config_changes(old: RunConfig, new: RunConfig, sections=("model", "objective", "optim", "train")
