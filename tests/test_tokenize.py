@@ -123,6 +123,19 @@ def test_a_shard_that_skipped_its_files_is_tokenized_again(tok, folder, tmp_path
     assert (s.shards_written, s.shards_skipped) == (0, 1)  # rows + listed errors account for every file
 
 
+def test_guarantee_and_verify_are_recorded_per_image(tok, folder, tmp_path):
+    g = torch.Generator().manual_seed(7)
+    tok.calibrate(torch.rand(30, 3, 16, 16, generator=g), alpha=0.2)
+    out = tmp_path / "tokens"
+    tokenize_folder(tok, folder, out, 0.3, shard_size=5, with_error=True, guarantee=0.8, verify=True, progress=False)
+    frame = kolmotok.read_tokens(out).to_pandas()
+    assert frame["guaranteed"].dtype == bool and (frame["reencoded"] >= 0).all()
+    # after verification an image meets eps or keeps the whole budget
+    assert ((frame["l1"] <= 0.3 + 1e-6) | (frame["length"] == tok.max_tokens)).all()
+    with pytest.raises(ValueError, match="other settings"):  # a rerun without --verify is another tokenization
+        tokenize_folder(tok, folder, out, 0.3, shard_size=5, with_error=True, guarantee=0.8, progress=False)
+
+
 def test_resume_must_name_the_same_folder(tok, folder, tmp_path, monkeypatch):
     out, other = tmp_path / "tokens", tmp_path / "other"
     other.mkdir()

@@ -310,7 +310,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     summary = tokenize_folder(tok, args.data.partition(":")[2], args.out, args.epsilon,
                               checkpoint=checkpoint_label(args.ckpt), shard_size=args.shard_size,
                               batch_size=args.batch_size, with_error=args.with_error, guarantee=args.guarantee,
-                              rank=ddp.rank, world=ddp.world, barrier=ddp.barrier, progress=not args.no_progress)
+                              rank=ddp.rank, world=ddp.world, barrier=ddp.barrier, progress=not args.no_progress,
+                              verify=args.verify)
     rate = summary.images / max(summary.seconds, 1e-9)
     print(f"rank {ddp.rank}: {summary.images} images in {summary.shards_written} new shards "
           f"({summary.shards_skipped} already complete), {summary.failures} unreadable, "
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-size", type=_at_least("--shard-size", 1), default=1000, help="images per shard")
     k.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256, help="images per encoder pass")
     k.add_argument("--with-error", action="store_true", help="add the achieved l1 (one extra decoder pass)")
+    k.add_argument("--verify", action="store_true",
+                   help="one more decoder pass checks each image; misses are re-encoded at a tighter condition "
+                        "(column reencoded)")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=cmd_tokenize)
 

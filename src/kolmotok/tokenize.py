@@ -11,9 +11,11 @@ written. Under torchrun, rank r writes the shards i with i % world == r.
 Each row: ``path`` (relative to the folder; bytes of a file name that are not UTF-8 are
 written as ``\\xNN`` escapes), ``length`` (tokens kept), ``codes`` (a list of
 ``length`` integer codes for discrete models; for continuous models a list of ``length``
-vectors of ``token_dim`` floats) and, with ``with_error``, ``l1`` (the achieved error, one extra
-decoder pass). The file metadata records eps, the checkpoint, the token format and ``root``,
-the folder the paths are relative to.
+vectors of ``token_dim`` floats); with ``with_error``, ``l1`` (the achieved error, one extra
+decoder pass); with a ``guarantee``, ``guaranteed`` (False where the calibration cannot promise
+eps: the image keeps the whole budget); with ``verify``, ``reencoded`` (how many times the
+image was re-encoded at a tighter condition after missing eps). The file metadata records
+eps, the checkpoint, the token format and ``root``, the folder the paths are relative to.
 Unreadable images are listed in ``_errors-NNNNN.jsonl`` beside their shard and skipped. The
 side files start with ``_`` so that Arrow, pandas and polars, given the output folder, read
 the shards alone (outputs of earlier versions, without the ``_``, are renamed on resume).
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 LEGACY_PREFIX = ("manifest.json", "errors-")  # side-file names before the "_" prefix
+LEGACY_SETTINGS = {"verify": False}  # settings that manifests of earlier versions lack, as they ran
 
 
 def _pa():
@@ -136,32 +139,36 @@ def plan(root: Path, out: Path, shard_size: int, settings: dict, is_main: bool =
     if not _same_folder(data["root"], root, data["shards"]):
         raise ValueError(f"{out} holds a tokenization of folder:{data['root']}, not of folder:{root}; "
                          f"use another --out, or --data folder:{data['root']} to resume it")
-    if data["settings"] != settings:
+    if {**LEGACY_SETTINGS, **data["settings"]} != {**LEGACY_SETTINGS, **settings}:
         raise ValueError(f"{out} holds a tokenization with other settings ({data['settings']}); "
                          f"use another --out or the same settings ({settings})")
     return Plan(root, data["shards"], data["settings"])
 
 
 def encode_shard(tok: Tokenizer, root: Path, files: list[str], epsilon: float, batch_size: int,
-                 with_error: bool, guarantee: float | None, bar=None):
+                 with_error: bool, guarantee: float | None, bar=None, verify: bool = False):
     """-> (rows as column lists, failures [(path, reason)])."""
     from .evaluation.metrics import l1_per_image
 
     cols: dict[str, list] = {"path": [], "length": [], "codes": []}
-    if with_error:
-        cols["l1"] = []
+    wanted = {"l1": with_error, "guaranteed": guarantee is not None, "reencoded": verify}
+    cols |= {name: [] for name, on in wanted.items() if on}
     failures = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         loaded = load_images([root / f for f in chunk], tok.image_size, skip_errors=True)
         failures += [(printable_path(p.relative_to(root).as_posix()), reason) for p, reason in loaded.failures]
         if len(loaded.paths):
-            enc = tok.encode(loaded.images, epsilon=epsilon, guarantee=guarantee)
+            enc = tok.encode(loaded.images, epsilon=epsilon, guarantee=guarantee, verify=verify)
             cols["path"] += [printable_path(p.relative_to(root).as_posix()) for p in loaded.paths]
             cols["length"] += enc.lengths.tolist()
             cols["codes"] += [t.cpu().tolist() for t in enc.to_list()]
             if with_error:
                 cols["l1"] += l1_per_image(tok.decode(enc), loaded.images).tolist()
+            if guarantee is not None:
+                cols["guaranteed"] += enc.guaranteed.tolist()
+            if verify:
+                cols["reencoded"] += enc.reencoded.tolist()
         if bar is not None:
             bar.update(len(chunk))
     if len(cols["path"]) + len(failures) != len(files):  # never let a shard that skipped files look complete
@@ -179,8 +186,9 @@ def write_shard(out: Path, index: int, cols: dict[str, list], failures: list, me
     else:
         errors_path(out, index).unlink(missing_ok=True)
     token = pa.int32() if tok.discrete else pa.list_(pa.float32(), tok.model.cfg.code_dim)
+    optional = {"l1": pa.float32(), "guaranteed": pa.bool_(), "reencoded": pa.int32()}
     schema = pa.schema([("path", pa.string()), ("length", pa.int32()), ("codes", pa.list_(token))]
-                       + ([("l1", pa.float32())] if "l1" in cols else []),
+                       + [(name, kind) for name, kind in optional.items() if name in cols],
                        metadata={k: json.dumps(v) for k, v in metadata.items()})
     table = pa.Table.from_pydict(cols, schema=schema)
     with atomic_path(shard_path(out, index)) as tmp:
@@ -200,10 +208,11 @@ class TokenizeSummary:
 def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: float, checkpoint: str = "shipped",
                     shard_size: int = 1000, batch_size: int = 256, with_error: bool = False,
                     guarantee: float | None = None, rank: int = 0, world: int = 1, barrier=lambda: None,
-                    progress: bool = True) -> TokenizeSummary:
+                    progress: bool = True, verify: bool = False) -> TokenizeSummary:
     root, out = Path(folder_path(root)), Path(out)
     check_options(tok, epsilon, guarantee, shard_size, batch_size)  # the manifest and shards create out
-    settings = {"epsilon": epsilon, "checkpoint": checkpoint, "guarantee": guarantee, "with_error": with_error}
+    settings = {"epsilon": epsilon, "checkpoint": checkpoint, "guarantee": guarantee, "with_error": with_error,
+                "verify": verify}
     shards = plan(root, out, shard_size, settings, rank == 0, barrier)
     from . import __version__
 
@@ -216,7 +225,8 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
     t0, n_images, n_fail = time.time(), 0, 0
     with tqdm(total=total, unit="img", desc=f"tokenize[{rank}]", disable=not progress, dynamic_ncols=True) as bar:
         for i in todo:
-            cols, failures = encode_shard(tok, root, shards.shards[i], epsilon, batch_size, with_error, guarantee, bar)
+            cols, failures = encode_shard(tok, root, shards.shards[i], epsilon, batch_size, with_error, guarantee, bar,
+                                          verify)
             write_shard(out, i, cols, failures, metadata, tok)
             n_images, n_fail = n_images + len(cols["path"]), n_fail + len(failures)
             bar.set_postfix(img_s=f"{n_images / max(1e-9, time.time() - t0):.0f}", refresh=False)
@@ -227,7 +237,7 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
 # ------------------------------------------------------------------ reading back
 def read_tokens(directory: str | Path):
     """All shards of a ``kolmotok tokenize`` output as one pyarrow Table (columns path, length,
-    codes[, l1]); ``.to_pandas()`` for pandas. The shards also open directly in polars, DuckDB
+    codes[, l1, guaranteed, reencoded]); ``.to_pandas()`` for pandas. The shards also open directly in polars, DuckDB
     or HF datasets (``directory/shard-*.parquet``)."""
     pa, pq = _pa()
     files = sorted(Path(directory).glob("shard-*.parquet"))
