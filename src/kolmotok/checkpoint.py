@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, from_dict
-from .io import write_json
+from .io import fsync_path, write_json
 from .models import KARLTokenizer
 
 WEIGHTS = "model.safetensors"
@@ -44,6 +44,9 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any
     write_json(tmp / CONFIG, meta)
     if train_state is not None:
         torch.save(train_state, tmp / TRAIN_STATE)
+    for written in (tmp / WEIGHTS, tmp / TRAIN_STATE, tmp):  # content on disk before the rename names it
+        if written.exists():
+            fsync_path(written)
     if directory.exists():
         old = directory.parent / f".old-{directory.name}-{os.getpid()}"
         os.rename(directory, old)
