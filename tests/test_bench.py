@@ -210,3 +210,7 @@ def test_cli_bench_quick_writes_results_and_figures(checkpoints, tmp_path, capsy
     for fig in ("rate_distortion", "tokens_vs_epsilon", "count_histograms", "karl_vs_oracle", "examples"):
         assert (out / f"{fig}.png").stat().st_size > 1000
     assert "claims" in capsys.readouterr().out
+    # per-image latency: one image per call; the results are the same, only the timing differs
+    rc = main(["bench", "--ckpt", str(checkpoints / "karl"), "--data", "shapes", "--epsilons", "0.1",
+               "--methods", "karl,oracle", "--quick", "--batch-size", "1", "--device", "cpu"])
+    assert rc == 0 and "batch 1;" in capsys.readouterr().out

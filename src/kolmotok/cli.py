@@ -283,7 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = build_methods(args.methods or list(DEFAULT_METHODS), tok, args.baselines, device=args.device)
     num = args.num_images if not args.quick else min(args.num_images, 16)
     data = eval_set(args.data, tok.image_size, num)
-    res = run_bench(methods, data, args.epsilons, tok.max_tokens, count_flops=not args.quick,
+    res = run_bench(methods, data, args.epsilons, tok.max_tokens, batch=args.batch_size, count_flops=not args.quick,
                     timing_rounds=1 if args.quick else args.timing_rounds)
     res.device = str(tok.device)
     print(format_bench(res))
@@ -437,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     b.add_argument("--timing-rounds", type=int, default=3,
                    help="time every method this many times, in interleaved rounds, and report the median")
+    b.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256,
+                   help="images per call of each method: 1 measures per-image latency, larger ones throughput")
     b.add_argument("--quick", action="store_true",
                    help="at most 16 images (fewer with --num-images), no FLOP counting, one timing round (for tests)")
     b.add_argument("--out", help="directory for results.json, results.txt and figures")

@@ -145,6 +145,7 @@ class BenchResult:
     threads: int = 1
     timing_rounds: int = 1  # ms/img is the median of this many interleaved timings
     image_names: list[str] | None = None  # each image's file (folders) or photograph (photos), in row order
+    batch_size: int = 256  # images per call of a method: 1 measures latency, larger ones throughput
 
     def row(self, method: str, epsilon: float) -> Row | None:
         return next((r for r in self.rows if r.method == method and r.epsilon == epsilon), None)
@@ -208,6 +209,8 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
               count_flops: bool = True, progress: bool = True, timing_rounds: int = 3) -> BenchResult:
     if timing_rounds < 1:
         raise ValueError(f"timing rounds must be at least 1, got {timing_rounds}")
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch}")
     images = data.images
     jobs = [(m, e) for m in methods for e in epsilons]
     rows = [measure(m, images, e, batch, count_flops)
@@ -232,7 +235,8 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
             length_rows.append(LengthRow(m.name, n, float(err.mean()), float(psnr_per_image(full.recon, images).mean()),
                                          float(ssim_per_image(full.recon, images).mean()), err.tolist()))
     result = BenchResult(data.name, len(images), max_tokens, list(epsilons), rows, length_rows,
-                         threads=torch.get_num_threads(), timing_rounds=timing_rounds, image_names=data.names)
+                         threads=torch.get_num_threads(), timing_rounds=timing_rounds, image_names=data.names,
+                         batch_size=batch)
     result.claims = check_claims(result)
     return result
 
@@ -334,7 +338,8 @@ def _fmt(v: float | None, spec: str) -> str:
 def format_bench(res: BenchResult) -> str:
     w = max([10, *(len(r.method) for r in res.rows)])  # method column width
     lines = [f"data {res.data}: {res.num_images} images, T_max = {res.max_tokens}, {res.device}, "
-             f"{res.threads} threads; ms/img: median of {res.timing_rounds} interleaved timing rounds", "",
+             f"{res.threads} threads, batch {res.batch_size}; ms/img: median of {res.timing_rounds} interleaved "
+             "timing rounds", "",
              f" {'method':{w}s} |   eps | mean size | median | meet eps | l1     | PSNR  | SSIM  | enc/img | dec/img "
              "| ms/img | x KARL | MFLOPs/img",
              "-" * (w + 2) + "+-------+-----------+--------+----------+--------+-------+-------+---------+---------"
