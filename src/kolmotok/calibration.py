@@ -122,8 +122,7 @@ def alpha_problem(alpha) -> str | None:
 
 def check_alpha(alpha) -> float:
     """``alpha`` as a float; ValueError saying what is wrong otherwise."""
-    problem = alpha_problem(alpha)
-    if problem:
+    if problem := alpha_problem(alpha):
         raise ValueError(problem)
     return _share(alpha)
 
@@ -190,8 +189,8 @@ def _calibration_problem(cal: Calibration) -> str | None:
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    if alpha_problem(cal.alpha):
-        return alpha_problem(cal.alpha)
+    if problem := alpha_problem(cal.alpha):
+        return problem
     columns = (cal.epsilons, cal.conditions, cal.attainable)
     if not all(isinstance(c, list) for c in columns) or not cal.epsilons or len({len(c) for c in columns}) > 1:
         return "epsilons, conditions and attainable must be non-empty lists of equal length"

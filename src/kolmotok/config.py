@@ -342,16 +342,15 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"objective.fixed_length must be in 1..{cfg.model.max_tokens}, got {o.fixed_length}")
     if o.kind == "recurrent" and not cfg.model.recurrent_step:
         raise ValueError("objective.kind 'recurrent' needs model.recurrent_step > 0")
-    for name in ("full_budget_prob", "stricter_target_prob", "looser_target_prob", "gap_target_prob"):
-        if not 0 <= getattr(o, name) <= 1:
-            raise ValueError(f"objective.{name} must be in [0, 1], got {getattr(o, name)}")
     check_ranges(cfg)
 
 
-# other numeric settings and their allowed ranges, (low, high, whether low itself is allowed):
-# a clip of 0 freezes the weights and a negative one climbs the loss, a negative weight or
-# learning-rate floor turns training around
+# numeric settings and their allowed ranges, (low, high, whether low itself is allowed): shares
+# are probabilities; a clip of 0 freezes the weights and a negative one climbs the loss, a
+# negative weight or learning-rate floor turns training around
 RANGES = {
+    **{f"objective.{name}": (0.0, 1.0, True)
+       for name in ("full_budget_prob", "stricter_target_prob", "looser_target_prob", "gap_target_prob")},
     "objective.halting_weight": (0.0, math.inf, True), "objective.mse_weight": (0.0, math.inf, True),
     "objective.stricter_target_min": (0.0, 1.0, False), "objective.looser_target_max": (1.0, math.inf, False),
     "optim.lr": (0.0, math.inf, True), "optim.weight_decay": (0.0, math.inf, True),

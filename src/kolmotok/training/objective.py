@@ -51,11 +51,8 @@ class Draws:
     what the one batch would have drawn.
     """
 
-    def __init__(self, generator: torch.Generator, start: int = 0, count: int | None = None,
-                 total: int | None = None) -> None:
-        self.generator, self.start = generator, start
-        self.count = count if count is not None else total
-        self.total = total if total is not None else start + self.count
+    def __init__(self, generator: torch.Generator, start: int, count: int, total: int) -> None:
+        self.generator, self.start, self.count, self.total = generator, start, count, total
 
     @classmethod
     def of(cls, g: torch.Generator | Draws, batch: int) -> Draws:

@@ -120,8 +120,7 @@ def inherit_additions(cfg: RunConfig, path: str) -> RunConfig:
     """A fine-tune keeps the parts its start checkpoint has (a halting MLP, the eps term, ...):
     fields of :data:`FINE_TUNE_ADDITIONS` this run leaves off (0) take the checkpoint's value,
     so ``--init-from`` works on the shipped model or a ``fit-halting`` output as it is."""
-    start = from_dict(RunConfig, {"model": read_meta(resolve_checkpoint(path), required=("model",))["model"]},
-                      where=str(path)).model
+    start = from_dict(ModelConfig, read_meta(resolve_checkpoint(path))["model"], where=f"{path}:model")
     return keep_additions(cfg, start, f"--init-from {path}")
 
 
@@ -228,12 +227,15 @@ def config_changes(old: RunConfig, new: RunConfig, sections=("model", "objective
             for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k)}
 
 
+def run_config(ckpt: Path) -> RunConfig:
+    """The config a training checkpoint was trained with."""
+    return from_dict(RunConfig, read_meta(ckpt, required=("model", "run"))["run"], where=str(ckpt))
+
+
 def saved_run_config(out_dir: str | Path) -> RunConfig | None:
     """The config a run directory's latest checkpoint was trained with (None if it has none)."""
     existing = list_checkpoints(Path(out_dir))
-    if not existing:
-        return None
-    return from_dict(RunConfig, read_meta(existing[-1], required=("model", "run"))["run"], where=str(existing[-1]))
+    return run_config(existing[-1]) if existing else None
 
 
 def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig, list[Path]]:
@@ -245,7 +247,7 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
         log.warning("--resume: %s holds no checkpoint yet; starting a new run there", out_dir)
     if not (resume and existing):
         return cfg, []
-    saved = saved_run_config(out_dir)
+    saved = run_config(existing[-1])
     if saved.train.init_from:  # a fine-tune kept its start's halting parts: the same config, asked again, means them
         cfg = keep_additions(cfg, saved.model, f"--resume of a run initialised from {saved.train.init_from}")
     fixed = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUME_MAY_CHANGE}
