@@ -317,13 +317,18 @@ def _baseline(base: str, kind: str, fixed_length: int = 0, **model_fields) -> Ru
     return cfg
 
 
+def fixed_length_grid(max_tokens: int) -> list[int]:
+    """The fixed lengths every comparison uses: T_max/8, /4, /2 and T_max (at least 1 token)."""
+    return sorted({max(1, max_tokens // 8), max(1, max_tokens // 4), max(1, max_tokens // 2), max_tokens})
+
+
 def _register_baselines(base: str) -> None:
     """``BASE-prefix``, ``BASE-recurrent`` and ``BASE-fixedN`` (N = T_max/8, /4, /2, T_max): same
     backbone, data and steps as ``BASE``, each with its own objective (issue: baselines)."""
     T = PRESETS[base]().model.max_tokens
     PRESETS[f"{base}-prefix"] = lambda: _baseline(base, "prefix")
     PRESETS[f"{base}-recurrent"] = lambda: _baseline(base, "recurrent", recurrent_step=max(1, T // 8))
-    for n in sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T}):
+    for n in fixed_length_grid(T):
         PRESETS[f"{base}-fixed{n}"] = lambda n=n: _baseline(base, "fixed", fixed_length=n)
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..api import Tokenizer, load
 from ..checkpoint import read_meta, resolve_checkpoint
+from ..config import fixed_length_grid
 from ..data import EvalSet
 from ..io import write_json, write_text
 from .methods import CodecMethod, KARLMethod, Method, MethodOutput, OracleMethod, method_for
@@ -220,7 +221,7 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
         karl = next((k for k in rows if k.method == "karl" and k.epsilon == r.epsilon), None)
         if karl is not None:
             r.wall_ratio_to_karl = r.wall_ms_per_image / karl.wall_ms_per_image
-    lengths = sorted({max(1, max_tokens // 8), max(1, max_tokens // 4), max(1, max_tokens // 2), max_tokens})
+    lengths = fixed_length_grid(max_tokens)
     length_rows, measured = [], []
     for m in methods:
         weights = getattr(m, "tok", None)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..api import Tokenizer
 from ..calibration import promise_p_value
+from ..config import fixed_length_grid
 from ..data import EvalSet
 from .metrics import l1_per_image, png_bytes, psnr_per_image, resample_baseline, spearman, ssim_per_image
 
@@ -109,7 +110,7 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
                          "use photos:SPLIT (by photograph) or folder:PATH (by subfolder)")
     images = data.images
     T = tok.max_tokens
-    budgets = sorted({max(1, T // 8), max(1, T // 4), max(1, T // 2), T})
+    budgets = fixed_length_grid(T)
     bar = tqdm(total=len(budgets) + len(epsilons) + 1, desc="eval", unit="setting", disable=not progress,
                dynamic_ncols=True)
 
