@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 WORKER = str(Path(__file__).parent / "ddp_worker.py")
 # The objective's draws (stricter / looser / gap targets) do not depend on how the batch is split.
 # halting_weight=0: KARL's halting BCE is normalised per process by its count of labelled positions,
-# which makes 2 processes differ from 1 by up to about 1e-3 in a weight (not a random-stream difference).
+# which makes 2 processes differ from 1 by about 1e-3 in a weight (benchmarks/split_training.py).
 SETTINGS = ["train.steps=3", "train.batch_size=8", "train.data=shapes", "train.eval_every=0",
             "objective.halting_weight=0", "objective.gap_target_prob=0.5", "train.threads=1", "train.device=cpu"]
 

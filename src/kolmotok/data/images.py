@@ -10,7 +10,8 @@ JPEG is decoded at 1/2, 1/4 or 1/8 scale, no smaller than twice that, then resiz
 same antialiased bicubic filter), so the rule's geometry is kept and a 24-megapixel photo
 costs a fraction of a second and little memory. For a photograph at 2100x1590, 6000x4000
 and 4000x6000, saved as PNG and as JPEG and read at size 32, the result differs from resizing
-the full image by 0.0001 on average (the largest pixel difference 0.0029). Palette, 1-bit,
+the full image by 0.0001 on average (the largest pixel difference 0.0029;
+``python benchmarks/resize_shrink.py``, output in ``benchmarks/results/``). Palette, 1-bit,
 16- and 32-bit, float images and those with a transparent colour key are read whole.
 """
 
