@@ -1,12 +1,13 @@
 """How far a split training step lands from the one-batch step: 2 DDP processes (Gloo, CPU)
 and ``--grad-accum 2``, each against one process on the same global batch, on the test config
-(tests/conftest.py), with KARL's halting BCE on (the default) and off.
+(tests/conftest.py): the default objective, with gap targets on, and with the halting BCE off.
 
     python benchmarks/split_training.py
 
 Prints the largest difference in any weight after 3 steps (processes) or 2 steps (accumulation).
-The objective's random draws are the same however a step is split (training/objective.py,
-``Draws``); what is left with the BCE on is its per-slice normalisation (README, Training).
+The objective's random draws and the halting BCE's normaliser are made for the whole batch
+(training/objective.py, ``Draws``); with gap targets on, which images get one depends on each
+slice's own errors, so the BCE is normalised per slice (README, Training).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from conftest import small_config  # noqa: E402
 from kolmotok.training import train  # noqa: E402
 
 COMMON = ["train.data=shapes", "train.eval_every=0", "train.threads=1", "train.device=cpu"]
-CASES = {"halting BCE on (defaults)": [], "halting BCE off": ["objective.halting_weight=0"]}
+CASES = {"default objective": [],
+         "gap targets on (0.5)": ["objective.gap_target_prob=0.5"],
+         "gap targets, BCE off": ["objective.gap_target_prob=0.5", "objective.halting_weight=0"]}
 
 
 def max_difference(a: dict, b: dict) -> float:

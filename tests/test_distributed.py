@@ -10,11 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 WORKER = str(Path(__file__).parent / "ddp_worker.py")
-# The objective's draws (stricter / looser / gap targets) do not depend on how the batch is split.
-# halting_weight=0: KARL's halting BCE is normalised per process by its count of labelled positions,
-# which makes 2 processes differ from 1 by about 1e-3 in a weight (benchmarks/split_training.py).
+# The objective's draws (stricter / looser targets) and KARL's halting BCE normaliser are made for the
+# global batch, so they do not depend on how it is split. Gap targets are the exception: which
+# images get one depends on each slice's errors, so their BCE is normalised per slice
+# (benchmarks/split_training.py); their case runs with the BCE off.
 SETTINGS = ["train.steps=3", "train.batch_size=8", "train.data=shapes", "train.eval_every=0",
-            "objective.halting_weight=0", "objective.gap_target_prob=0.5", "train.threads=1", "train.device=cpu"]
+            "train.threads=1", "train.device=cpu"]
+KINDS = [["objective.looser_target_prob=0.3"],
+         ["objective.gap_target_prob=0.5", "objective.halting_weight=0"],
+         ["objective.kind=prefix", "objective.full_budget_prob=1.0"]]
 
 
 def _run(out: Path, nproc: int, *extra: str) -> None:
@@ -29,7 +33,7 @@ def _run(out: Path, nproc: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("kind", [[], ["objective.kind=prefix", "objective.full_budget_prob=1.0"]])
+@pytest.mark.parametrize("kind", KINDS)
 def test_two_process_ddp_matches_single_process(tmp_path, kind):
     _run(tmp_path / "one", 1, *kind)
     _run(tmp_path / "two", 2, *kind)

@@ -48,7 +48,8 @@ class Draws:
     generator from its start: scalar draws (a budget T) agree everywhere, and per-image draws are
     made for the whole global batch of ``total`` images, of which this call keeps rows
     ``start .. start + count``. A step split over processes and micro-batches therefore draws
-    what the one batch would have drawn.
+    what the one batch would have drawn. Losses normalised by a count over the batch take the
+    global count times :attr:`share` (the trainer averages slices), as KARL's halting BCE does.
     """
 
     def __init__(self, generator: torch.Generator, start: int, count: int, total: int) -> None:
@@ -62,16 +63,23 @@ class Draws:
             raise ValueError(f"draws for {draws.count} images, batch of {batch}")
         return draws
 
-    def _rows(self, values: torch.Tensor) -> torch.Tensor:
+    def rows(self, values: torch.Tensor) -> torch.Tensor:
+        """This call's rows of a (total, ...) tensor made for the global batch."""
         return values[self.start:self.start + self.count]
 
-    def uniform(self) -> torch.Tensor:
-        """(count,) uniform [0, 1) draws, one per image."""
-        return self._rows(torch.rand(self.total, generator=self.generator))
+    @property
+    def share(self) -> float:
+        """This call's share of the global batch."""
+        return self.count / self.total
+
+    def uniform(self, everyone: bool = False) -> torch.Tensor:
+        """(count,) uniform [0, 1) draws, one per image; with ``everyone`` all (total,) of them."""
+        values = torch.rand(self.total, generator=self.generator)
+        return values if everyone else self.rows(values)
 
     def integers(self, low: int, high: int) -> torch.Tensor:
         """(count,) integers in low..high-1, one per image."""
-        return self._rows(torch.randint(low, high, (self.total,), generator=self.generator))
+        return self.rows(torch.randint(low, high, (self.total,), generator=self.generator))
 
 
 @dataclass
@@ -148,17 +156,26 @@ class RecurrentObjective(Objective):
 
 def halting_labels(label_len: torch.Tensor, T: int, short: int, stricter: torch.Tensor, looser: torch.Tensor,
                    gap: torch.Tensor, T_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T_max) halt labels (1 = halt) and their weights (0 = no label).
+    """(B, T_max) halt labels (1 = halt) and their weights (0 = no label, :func:`label_weights`).
 
-    Position p halted means a length of p. Halt from ``label_len`` on. Censored positions: a
-    stricter target only says "more than T" (nothing past T); a looser one only "T is enough"
-    (nothing before T); a gap target "more than ``short``, T is enough" (nothing strictly between).
+    Position p halted means a length of p. Halt from ``label_len`` on.
     """
     position = torch.arange(T_max, device=label_len.device)[None, :]
     halt_label = (position >= label_len[:, None]).float()
+    return halt_label, label_weights(T, short, stricter, looser, gap, T_max)
+
+
+def label_weights(T: int, short: int, stricter: torch.Tensor, looser: torch.Tensor, gap: torch.Tensor,
+                  T_max: int) -> torch.Tensor:
+    """(B, T_max) weights of the halting labels: 0 at censored positions, 1 elsewhere.
+
+    A stricter target only says "more than T" (nothing past T); a looser one only "T is enough"
+    (nothing before T); a gap target "more than ``short``, T is enough" (nothing strictly between).
+    """
+    position = torch.arange(T_max, device=stricter.device)[None, :]
     unknown = ((stricter[:, None] & (position >= T)) | (looser[:, None] & (position < T))
                | (gap[:, None] & (position > short) & (position < T)))
-    return halt_label, torch.where(unknown, 0.0, 1.0)
+    return torch.where(unknown, 0.0, 1.0)
 
 
 class KARLObjective(Objective):
@@ -197,10 +214,12 @@ class KARLObjective(Objective):
 
         # Phase 2: Learn to Tokenize Complexity -- budget T_max, condition on eps_T.
         target = err.clamp(min=model.cfg.epsilon_floor)
-        stricter = (draws.uniform() < cfg.stricter_target_prob).to(dev)
+        stricter_all = draws.uniform(everyone=True) < cfg.stricter_target_prob  # (whole batch: see labelled)
+        stricter = draws.rows(stricter_all).to(dev)
         factor = (cfg.stricter_target_min + (1 - cfg.stricter_target_min) * draws.uniform()).to(dev)
         target = torch.where(stricter, target * factor, target)
-        looser = ~stricter & (draws.uniform() < cfg.looser_target_prob).to(dev)
+        looser_all = ~stricter_all & (draws.uniform(everyone=True) < cfg.looser_target_prob)
+        looser = draws.rows(looser_all).to(dev)
         scale = torch.exp(draws.uniform() * math.log(cfg.looser_target_max)).to(dev)
         target = torch.where(looser, target * scale, target)
         if cfg.gap_target_prob > 0:  # (no draws otherwise: runs without it keep their random stream)
@@ -212,8 +231,13 @@ class KARLObjective(Objective):
             gap = torch.zeros_like(stricter)
         lat2 = model.encode(images, target, T_max)
         halt_label, label_weight = halting_labels(label_len, T, short, stricter, looser, gap, T_max)
+        if cfg.gap_target_prob > 0:  # which images get gap targets depends on this slice's errors
+            labelled = label_weight.sum()
+        else:  # this slice's share of the global batch's labelled positions: the same however it is split
+            nothing = torch.zeros_like(stricter_all)
+            labelled = label_weights(T, short, stricter_all, looser_all, nothing, T_max).sum().to(dev) * draws.share
         bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
-                                                  reduction="sum") / label_weight.sum()
+                                                  reduction="sum") / labelled
         lengths = model.halt(lat2.halt_logits.detach(), target)
         rec2 = model.decode(model.quantize(lat2).vectors, lengths)
         loss_rec2, err2 = self.reconstruction(rec2, images)
