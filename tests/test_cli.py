@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_TEST
-from kolmotok.cli import main, reconstruction_paths
+from kolmotok.cli import main
+from kolmotok.data.images import reconstruction_paths
 
 
 def _set_args(extra=()):

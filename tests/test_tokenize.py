@@ -187,3 +187,77 @@ def test_empty_folder_path_is_not_the_current_directory(tok, folder, tmp_path, m
     with pytest.raises(ValueError, match="folder: needs a path"):
         tokenize_folder(tok, "", tmp_path / "tokens", 0.1, progress=False)
     assert not (tmp_path / "tokens").exists()
+
+
+# ------------------------------------------------------------------ kolmotok decode
+@pytest.fixture
+def checkpoint(tmp_path, model, cfg):
+    return save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_decode_writes_what_encode_writes(tmp_path, folder, checkpoint, capsys):
+    """tokenize -> decode gives the PNGs encode --out gives, with the recorded checkpoint; so does a
+    single shard and the JSON lines of encode --json --codes."""
+    out = tmp_path / "tokens"
+    assert main(["tokenize", "--ckpt", str(checkpoint), "--data", f"folder:{folder}", "--out", str(out),
+                 "--epsilon", "0.1", "--shard-size", "4", "--no-progress"]) == 0
+    assert main(["decode", str(out), "--out", str(tmp_path / "dec"), "--batch-size", "3", "--no-progress"]) == 0
+    assert "11 reconstructions written" in capsys.readouterr().out
+    files = sorted(folder.rglob("img*.png"))
+    assert main(["encode", "--ckpt", str(checkpoint), *map(str, files), "--epsilon", "0.1", "--json", "--codes",
+                 "--out", str(tmp_path / "enc")]) == 0
+    (tmp_path / "enc.jsonl").write_text(capsys.readouterr().out)
+    for f in files:
+        name = f"{f.parent.name}/{f.stem}.recon.png"
+        assert np.array_equal(_png(tmp_path / "dec" / name), _png(tmp_path / "enc" / name)), name
+    assert main(["decode", str(tmp_path / "enc.jsonl"), "--ckpt", str(checkpoint), "--out", str(tmp_path / "js"),
+                 "--no-progress"]) == 0
+    assert main(["decode", str(out / "shard-00000.parquet"), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "one").rglob("*.png"))) == 4
+    for f in files:
+        name = f"{f.parent.name}/{f.stem}.recon.png"
+        assert np.array_equal(_png(tmp_path / "js" / name), _png(tmp_path / "enc" / name)), name
+
+
+def test_decode_reports_bad_rows_and_writes_the_rest(tmp_path, checkpoint, tok, capsys):
+    rows = [{"path": "good.png", "tokens": 2, "codes": [[0.1] * 6, [0.2] * 6]},
+            {"path": "nan.png", "tokens": 1, "codes": [[float("nan")] * 6]},
+            {"path": "short.png", "tokens": 3, "codes": [[0.1] * 6]},
+            {"path": "narrow.png", "tokens": 1, "codes": [[0.1] * 2]},
+            {"path": "none.png", "tokens": 1},
+            {"path": "unreadable.png", "error": "not an image"}]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["decode", str(source), "--ckpt", str(checkpoint), "--out", str(tmp_path / "d"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["good.recon.png"]
+    for name, reason in [("nan.png", "NaN"), ("short.png", "1 codes for a length of 3"), ("narrow.png", "(T, 6)"),
+                         ("none.png", "--codes")]:
+        assert f"ERROR {name}: " in err and reason in err, (name, err)
+    assert "unreadable" not in err  # encode already reported the input it could not read
+
+
+@pytest.mark.parametrize("content, match", [("not json\n", "line 1: not a JSON object"),
+                                            ('{"path": "a.png", "error": "x"}\n', "no token rows")])
+def test_decode_refuses_what_is_not_tokens(tmp_path, checkpoint, content, match, capsys):
+    source = tmp_path / "rows.jsonl"
+    source.write_text(content)
+    assert main(["decode", str(source), "--ckpt", str(checkpoint), "--out", str(tmp_path / "d")]) == 2
+    assert match in capsys.readouterr().err
+    assert main(["decode", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "no shard-*.parquet files" in capsys.readouterr().err
+
+
+def test_decode_refuses_tokens_of_another_model(tmp_path, folder, checkpoint, capsys):
+    out = tmp_path / "tokens"
+    assert main(["tokenize", "--ckpt", str(checkpoint), "--data", f"folder:{folder}", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert main(["decode", str(out), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 2
+    assert "made by a different model" in capsys.readouterr().err
+    checkpoint.rename(tmp_path / "moved")
+    assert main(["decode", str(out), "--out", str(tmp_path / "d")]) == 2
+    assert "--ckpt" in capsys.readouterr().err

@@ -9,7 +9,6 @@ import math
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 from . import __version__
@@ -163,22 +162,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def reconstruction_paths(images: list[Path], out: Path) -> list[Path]:
-    """Where ``encode --out`` writes each input's reconstruction: the inputs' folders mirrored
-    below their common parent, as STEM.recon.png (STEM.EXT.recon.png where two inputs in one
-    folder share a stem), so no two inputs share an output file. Paths are made absolute
-    without following symbolic links, so a linked input is named after the link."""
-    resolved = [Path(os.path.abspath(p)) for p in images]
-    common = Path(os.path.commonpath([p.parent for p in resolved]))
-    stems = Counter((p.parent, p.stem) for p in resolved)
-    return [out / p.parent.relative_to(common) / (f"{p.stem}.recon.png" if stems[p.parent, p.stem] == 1
-                                                   else f"{p.name}.recon.png") for p in resolved]
-
-
 def cmd_encode(args: argparse.Namespace) -> int:
     """Files are read one batch at a time (any number of inputs); an unreadable one is reported
     and skipped. Exit status 1 if any input failed, after processing the rest."""
-    from .data.images import load_images, save_image
+    from .data.images import load_images, reconstruction_paths, save_image
     from .evaluation.metrics import l1_per_image
 
     tok = _load(args)
@@ -227,6 +214,54 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    """Token rows -> PNG reconstructions. The checkpoint is the one the tokens record unless
+    --ckpt names another. Rows that cannot be decoded are reported and skipped; the exit status
+    is 1 if any was, after writing the rest."""
+    from .api import load
+    from .tokenize import decode_files, recorded_settings, token_files
+
+    files = token_files(args.tokens)
+    recorded = recorded_settings(files)
+    made_with = recorded.get("checkpoint")
+    if args.ckpt is None and made_with is not None:
+        try:
+            tok = load(made_with, device=args.device)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"{args.tokens}: the tokens record checkpoint {made_with!r}, which does not load from "
+                             f"here ({err}); name it with --ckpt") from None
+    else:
+        tok = _load(args)
+        if made_with is not None and not same_checkpoint(made_with, args.ckpt):
+            log.warning("the tokens record checkpoint %s; decoding them with %s", made_with, args.ckpt)
+    check_token_format(recorded, tok, args.tokens)
+    summary = decode_files(tok, files, args.out, batch_size=args.batch_size, progress=not args.no_progress)
+    for path, reason in summary.failures:
+        print(f"ERROR {path}: {reason}", file=sys.stderr)
+    print(f"{summary.images} reconstructions written to {args.out} in {summary.seconds:.1f} s"
+          + (f"; {len(summary.failures)} rows could not be decoded" if summary.failures else ""))
+    return 1 if summary.failures else 0
+
+
+def same_checkpoint(a: str, b: str) -> bool:
+    """Whether two checkpoint names (paths, run directories, shipped[:NAME]) are the same directory."""
+    from .checkpoint import checkpoint_label, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(a).resolve() == resolve_checkpoint(b).resolve()
+    except (ValueError, OSError):
+        return checkpoint_label(a) == checkpoint_label(b)
+
+
+def check_token_format(recorded: dict, tok, source: str) -> None:
+    """Refuse tokens recorded for another model shape (a tokenize output records its model's)."""
+    own = {"image_size": tok.image_size, "max_tokens": tok.max_tokens,
+           "token_format": "codes" if tok.discrete else "vectors", "token_dim": tok.model.cfg.code_dim}
+    differ = [f"{k} {recorded[k]} (model: {v})" for k, v in own.items() if k in recorded and recorded[k] != v]
+    if differ:
+        raise ValueError(f"{source}: the tokens were made by a different model: {', '.join(differ)}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -361,9 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    def add_ckpt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--ckpt", help="checkpoint or run directory, or shipped[:NAME] (default: the shipped tiny "
-                        "checkpoint)")
+    def add_ckpt(sp: argparse.ArgumentParser, default: str = "the shipped tiny checkpoint") -> None:
+        sp.add_argument("--ckpt", help=f"checkpoint or run directory, or shipped[:NAME] (default: {default})")
         sp.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
 
     f = sub.add_parser("fit-halting", help="refit a trained model's halting head to exact labels (backbone frozen)")
@@ -458,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(column reencoded)")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=cmd_tokenize)
+
+    o = sub.add_parser("decode", help="token rows back to images: tokenize output or encode --json --codes lines",
+                       description="Decode stored tokens to PNG reconstructions: a kolmotok tokenize output folder "
+                                   "(or one of its shards), or the JSON lines of kolmotok encode --json --codes. "
+                                   "Rows that cannot be decoded are reported and skipped; the exit status is 1 if "
+                                   "any was.")
+    add_ckpt(o, "the one a tokenize output records, else the shipped tiny checkpoint")
+    o.add_argument("tokens", help="tokenize output folder, a shard-NNNNN.parquet file, or a JSON-lines file")
+    o.add_argument("--out", required=True, help="directory for the PNGs, mirroring the images' folders "
+                   "(STEM.recon.png, as encode --out)")
+    o.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256, help="images per decoder pass")
+    o.add_argument("--no-progress", action="store_true")
+    o.set_defaults(func=cmd_decode)
 
     i = sub.add_parser("info", help="what a checkpoint is: model, training, calibrations")
     add_ckpt(i)

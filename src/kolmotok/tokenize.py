@@ -19,6 +19,9 @@ eps, the checkpoint, the token format and ``root``, the folder the paths are rel
 Unreadable images are listed in ``_errors-NNNNN.jsonl`` beside their shard and skipped. The
 side files start with ``_`` so that Arrow, pandas and polars, given the output folder, read
 the shards alone (outputs of earlier versions, without the ``_``, are renamed on resume).
+
+``kolmotok decode`` goes back: :func:`read_token_rows` (a shard, or the JSON lines of ``kolmotok
+encode --json --codes``) and :func:`decode_files` (one decoder pass per batch, one PNG per row).
 """
 
 from __future__ import annotations
@@ -261,3 +264,153 @@ def table_to_tokens(table, tok: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
         for i, c in enumerate(codes):
             tokens[i, :len(c)] = torch.tensor(c, dtype=torch.float32)
     return tokens, lengths
+
+
+# ------------------------------------------------------------------ decoding back to images
+@dataclass
+class TokenRows:
+    """Rows of one token file: each image's path and its per-image token sequence (a list of
+    codes, or of vectors), or None with a reason where the row cannot be one."""
+    paths: list[str]
+    codes: list[list | None]
+    problems: dict[int, str]  # row -> what is wrong with it
+
+
+def token_files(source: str | Path) -> list[Path]:
+    """The files of a token source: a ``kolmotok tokenize`` output folder (its shards), one shard,
+    or a JSON-lines file from ``kolmotok encode --json --codes``."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(source.glob("shard-*.parquet"))
+        if not files:
+            raise ValueError(f"{source}: no shard-*.parquet files in it (the output of kolmotok tokenize)")
+        return files
+    if not source.is_file():
+        raise ValueError(f"{source}: no such file or folder")
+    return [source]
+
+
+def recorded_settings(files: list[Path]) -> dict:
+    """The settings a tokenize output records (eps, checkpoint, token format, ...); {} for JSON lines."""
+    if files[0].suffix != ".parquet":
+        return {}
+    _, pq = _pa()
+    metadata = pq.read_schema(files[0]).metadata or {}
+    return {k.decode(): json.loads(v) for k, v in metadata.items() if k != b"ARROW:schema"}
+
+
+def read_token_rows(file: Path) -> TokenRows:
+    """One shard (columns path, length, codes) or one JSON-lines file (keys path, tokens, codes;
+    lines with an ``error`` key, inputs encode could not read, are left out)."""
+    if file.suffix == ".parquet":
+        _, pq = _pa()
+        try:
+            table = pq.read_table(file, columns=["path", "length", "codes"])
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+            raise ValueError(f"{file}: not a readable token shard ({err})") from None
+        rows = [{"path": p, "tokens": n, "codes": c} for p, n, c in
+                zip(*(table.column(k).to_pylist() for k in ("path", "length", "codes")))]
+    else:
+        rows = _json_rows(file)
+    out = TokenRows([], [], {})
+    for row in rows:
+        problem = _row_problem(row)
+        if problem:
+            out.problems[len(out.paths)] = problem
+        out.paths.append(str(row.get("path")))
+        out.codes.append(None if problem else row["codes"])
+    return out
+
+
+def _json_rows(file: Path) -> list[dict]:
+    rows = []
+    with open(file, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or "path" not in row:
+                raise ValueError(f"{file}, line {number}: not a JSON object with a path (expected the output of "
+                                 "kolmotok encode --json --codes)")
+            if "error" not in row:
+                rows.append(row)
+    return rows
+
+
+def _row_problem(row: dict) -> str | None:
+    codes = row.get("codes")
+    if codes is None:
+        return "no codes (run kolmotok encode with --json --codes)"
+    if not isinstance(codes, list) or not codes:
+        return "codes must be a non-empty list"
+    if row.get("tokens") is not None and row["tokens"] != len(codes):
+        return f"{len(codes)} codes for a length of {row['tokens']}"
+    return None
+
+
+@dataclass
+class DecodeSummary:
+    images: int  # reconstructions written
+    failures: list[tuple[str, str]]  # (path, reason) of rows that could not be decoded
+    seconds: float
+
+
+def decode_files(tok: Tokenizer, files: list[Path], out: str | Path, batch_size: int = 256,
+                 progress: bool = True) -> DecodeSummary:
+    """Token rows -> one PNG per image below ``out``, named as ``encode --out`` names them
+    (:func:`~kolmotok.data.images.reconstruction_paths`), one decoder pass per batch. A row whose
+    tokens do not fit the model is reported and skipped; the rest are written."""
+    from .data.images import reconstruction_paths, save_image
+
+    t0 = time.time()
+    tables = [read_token_rows(f) for f in files]
+    paths = [p for t in tables for p in t.paths]
+    if not paths:
+        raise ValueError(f"{files[0] if len(files) == 1 else files[0].parent}: no token rows to decode")
+    targets = iter(reconstruction_paths([Path(p) for p in paths], Path(out)))
+    failures, written = [], 0
+    with tqdm(total=len(paths), unit="img", desc="decode", disable=not progress, dynamic_ncols=True) as bar:
+        for table in tables:
+            destinations = [next(targets) for _ in table.paths]
+            failures += [(table.paths[i], reason) for i, reason in sorted(table.problems.items())]
+            good = [i for i in range(len(table.paths)) if i not in table.problems]
+            for start in range(0, len(good), batch_size):
+                batch = good[start:start + batch_size]
+                images, bad = _decode_rows(tok, [table.codes[i] for i in batch])
+                for j, i in enumerate(batch):
+                    if j in bad:
+                        failures.append((table.paths[i], bad[j]))
+                    else:
+                        save_image(images[j], destinations[i])
+                        written += 1
+            bar.update(len(table.paths))
+    return DecodeSummary(written, failures, time.time() - t0)
+
+
+def _decode_rows(tok: Tokenizer, codes: list[list]) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+    """One decoder pass over rows; where the batch is refused, each row alone, to name the bad ones."""
+    try:
+        return list(tok.decode([_sequence(c, tok) for c in codes]).cpu()), {}
+    except ValueError as err:
+        if len(codes) == 1:
+            return [None], {0: str(err)}
+    images, bad = [], {}
+    for j, c in enumerate(codes):
+        try:
+            images.append(tok.decode([_sequence(c, tok)]).cpu()[0])
+        except ValueError as err:
+            bad[j] = str(err)
+            images.append(None)
+    return images, bad
+
+
+def _sequence(codes: list, tok: Tokenizer) -> torch.Tensor:
+    if tok.discrete and not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+        raise ValueError(f"codes are not {tok._token_spec(False)}: this model's codes are integers")
+    try:
+        return torch.tensor(codes, dtype=torch.long if tok.discrete else torch.float32)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"codes are not {tok._token_spec(False)}: {err}") from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,18 @@ def stack_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) tensor in [0, 1] -> (H, W, 3) uint8 array (rounded)."""
     return (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def reconstruction_paths(images: list[Path], out: Path) -> list[Path]:
+    """Where ``encode --out`` and ``decode`` write each image's reconstruction: the folders mirrored
+    below their common parent, as STEM.recon.png (STEM.EXT.recon.png where two inputs in one
+    folder share a stem), so no two inputs share an output file. Paths are made absolute
+    without following symbolic links, so a linked input is named after the link."""
+    resolved = [Path(os.path.abspath(p)) for p in images]
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    stems = Counter((p.parent, p.stem) for p in resolved)
+    return [out / p.parent.relative_to(common) / (f"{p.stem}.recon.png" if stems[p.parent, p.stem] == 1
+                                                   else f"{p.name}.recon.png") for p in resolved]
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> None:
