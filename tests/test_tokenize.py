@@ -195,69 +195,121 @@ def checkpoint(tmp_path, model, cfg):
     return save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
 
 
-def _png(path) -> np.ndarray:
-    return np.asarray(Image.open(path))
+def _pngs(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
 
 
-def test_decode_writes_what_encode_writes(tmp_path, folder, checkpoint, capsys):
-    """tokenize -> decode gives the PNGs encode --out gives, with the recorded checkpoint; so does a
-    single shard and the JSON lines of encode --json --codes."""
-    out = tmp_path / "tokens"
-    assert main(["tokenize", "--ckpt", str(checkpoint), "--data", f"folder:{folder}", "--out", str(out),
-                 "--epsilon", "0.1", "--shard-size", "4", "--no-progress"]) == 0
-    assert main(["decode", str(out), "--out", str(tmp_path / "dec"), "--batch-size", "3", "--no-progress"]) == 0
-    assert "11 reconstructions written" in capsys.readouterr().out
-    files = sorted(folder.rglob("img*.png"))
+def test_decode_writes_what_encode_writes(tmp_path, folder, checkpoint, capsys, monkeypatch):
+    """tokenize -> decode gives encode --out's PNGs under encode's names, with the checkpoint the
+    shards record (given by a relative path, decoded from elsewhere); shards decoded one by one
+    land where the whole output puts them; so do encode --json --codes lines."""
+    (folder / "a" / "img01.jpg").write_bytes((folder / "a" / "img01.png").read_bytes())  # same stem, other name
+    monkeypatch.chdir(tmp_path)
+    assert main(["tokenize", "--ckpt", "ck", "--data", "folder:imgs", "--out", "tokens", "--epsilon", "0.1",
+                 "--shard-size", "4", "--no-progress"]) == 0
+    monkeypatch.chdir(folder)
+    tokens = tmp_path / "tokens"
+    assert main(["decode", str(tokens), "--out", str(tmp_path / "dec"), "--batch-size", "3", "--no-progress"]) == 0
+    assert "12 reconstructions written" in capsys.readouterr().out
+    files = sorted(p for p in folder.rglob("img*"))
     assert main(["encode", "--ckpt", str(checkpoint), *map(str, files), "--epsilon", "0.1", "--json", "--codes",
                  "--out", str(tmp_path / "enc")]) == 0
     (tmp_path / "enc.jsonl").write_text(capsys.readouterr().out)
-    for f in files:
-        name = f"{f.parent.name}/{f.stem}.recon.png"
-        assert np.array_equal(_png(tmp_path / "dec" / name), _png(tmp_path / "enc" / name)), name
-    assert main(["decode", str(tmp_path / "enc.jsonl"), "--ckpt", str(checkpoint), "--out", str(tmp_path / "js"),
-                 "--no-progress"]) == 0
-    assert main(["decode", str(out / "shard-00000.parquet"), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
-    assert len(list((tmp_path / "one").rglob("*.png"))) == 4
-    for f in files:
-        name = f"{f.parent.name}/{f.stem}.recon.png"
-        assert np.array_equal(_png(tmp_path / "js" / name), _png(tmp_path / "enc" / name)), name
+    expected = _pngs(tmp_path / "enc")
+    assert "a/img01.png.recon.png" in expected and "a/img01.jpg.recon.png" in expected
+    decoded = _pngs(tmp_path / "dec")
+    assert decoded.keys() == expected.keys()
+    assert all(np.array_equal(decoded[k], expected[k]) for k in expected)
+    for shard in sorted(tokens.glob("shard-*.parquet")):
+        assert main(["decode", str(shard), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert _pngs(tmp_path / "one").keys() == expected.keys()
+    assert main(["decode", str(tmp_path / "enc.jsonl"), "--out", str(tmp_path / "js"), "--no-progress"]) == 0
+    from_lines = _pngs(tmp_path / "js")
+    assert from_lines.keys() == expected.keys() and all(np.array_equal(from_lines[k], expected[k]) for k in expected)
 
 
-def test_decode_reports_bad_rows_and_writes_the_rest(tmp_path, checkpoint, tok, capsys):
-    rows = [{"path": "good.png", "tokens": 2, "codes": [[0.1] * 6, [0.2] * 6]},
-            {"path": "nan.png", "tokens": 1, "codes": [[float("nan")] * 6]},
-            {"path": "short.png", "tokens": 3, "codes": [[0.1] * 6]},
-            {"path": "narrow.png", "tokens": 1, "codes": [[0.1] * 2]},
-            {"path": "none.png", "tokens": 1},
-            {"path": "unreadable.png", "error": "not an image"}]
+def test_decode_reports_bad_rows_and_files_and_writes_the_rest(tmp_path, checkpoint, capsys):
+    good = {"tokens": 2, "codes": [[0.1] * 6, [0.2] * 6], "checkpoint": str(checkpoint)}
+    lines = [json.dumps({"path": "good.png", **good}),
+             json.dumps({"path": "nan.png", "tokens": 1, "codes": [[float("nan")] * 6]}),
+             json.dumps({"path": "short.png", "tokens": 3, "codes": [[0.1] * 6]}),
+             json.dumps({"path": "narrow.png", "tokens": 1, "codes": [[0.1] * 2]}),
+             json.dumps({"path": "flags.png", "tokens": 1, "codes": [[True] * 6]}),
+             json.dumps({"path": "none.png", "tokens": 1}),
+             json.dumps({"path": "unreadable.png", "error": "not an image"}),
+             json.dumps({"path": "good.png", **good}),  # the same path again: numbered, not overwritten
+             json.dumps({"path": "last.png", **good})[:40]]  # an interrupted encode's cut-off last line
     source = tmp_path / "rows.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["decode", str(source), "--ckpt", str(checkpoint), "--out", str(tmp_path / "d"), "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "d").iterdir()] == ["good.recon.png"]
-    for name, reason in [("nan.png", "NaN"), ("short.png", "1 codes for a length of 3"), ("narrow.png", "(T, 6)"),
-                         ("none.png", "--codes")]:
-        assert f"ERROR {name}: " in err and reason in err, (name, err)
+    source.write_text("\n".join(lines) + "\n")
+    assert main(["decode", str(source), "--out", str(tmp_path / "d"), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["good.recon-2.png", "good.recon.png"]
+    assert "2 reconstructions written" in out and "6 could not be decoded" in out and "1 repeat" in out
+    reasons = [("line 2 (nan.png)", "NaN"), ("line 3 (short.png)", "1 codes for a length of 3"),
+               ("line 4 (narrow.png)", "(T, 6)"), ("line 5 (flags.png)", "lists of 6 numbers"),
+               ("line 6 (none.png)", "--codes"), ("line 9", "not a JSON object")]
+    reported = [x for x in err.splitlines() if x.startswith("ERROR")]
+    assert len(reported) == len(reasons)
+    for message, (where, reason) in zip(reported, reasons):  # in file order
+        assert f"{source} {where}: " in message and reason in message, (message, where)
     assert "unreadable" not in err  # encode already reported the input it could not read
 
 
-@pytest.mark.parametrize("content, match", [("not json\n", "line 1: not a JSON object"),
+def test_a_damaged_shard_is_reported_and_the_others_decoded(tmp_path, folder, tok, capsys):
+    out = tmp_path / "tokens"
+    tokenize_folder(tok, folder, out, 0.1, shard_size=4, progress=False)
+    damaged = out / "shard-00000.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    assert main(["decode", str(out), "--ckpt", "shipped", "--out", str(tmp_path / "d"), "--no-progress"]) == 1
+    assert "shard-00000.parquet: not a readable token shard" in capsys.readouterr().err
+    assert main(["decode", str(damaged), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 1
+    assert "shard-00000.parquet: not a readable token shard" in capsys.readouterr().err
+
+
+def test_decode_uses_the_exact_checkpoint_the_tokens_came_from(tmp_path, folder, capsys):
+    """A run directory is recorded as the checkpoint it resolved to, so a later step of the run
+    does not decode them; a missing checkpoint asks for --ckpt, another shape is refused."""
+    run = tmp_path / "run"
+    from conftest import small_config
+    from kolmotok.training import train
+
+    train(small_config("train.steps=1", "train.data=shapes", "train.eval_every=0"), run, progress=False)
+    assert main(["tokenize", "--ckpt", str(run), "--data", f"folder:{folder}", "--out", str(tmp_path / "t"),
+                 "--no-progress"]) == 0
+    meta = pq.read_schema(next((tmp_path / "t").glob("shard-*.parquet"))).metadata
+    assert json.loads(meta[b"checkpoint_record"]) == str((run / "checkpoints" / "step_0000001").resolve())
+    assert main(["decode", str(tmp_path / "t"), "--ckpt", str(run / "checkpoints" / "step_0000001"), "--out",
+                 str(tmp_path / "d")]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert main(["decode", str(tmp_path / "t"), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 1
+    assert "tokens of a model of another shape" in capsys.readouterr().err
+    (run / "checkpoints" / "step_0000001").rename(tmp_path / "moved")
+    assert main(["decode", str(tmp_path / "t"), "--out", str(tmp_path / "d")]) == 2
+    assert "name it with --ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, match", [("not json\n", "no JSON objects in it"), ("", "no token rows"),
                                             ('{"path": "a.png", "error": "x"}\n', "no token rows")])
-def test_decode_refuses_what_is_not_tokens(tmp_path, checkpoint, content, match, capsys):
+def test_decode_refuses_what_is_not_tokens(tmp_path, content, match, capsys):
     source = tmp_path / "rows.jsonl"
     source.write_text(content)
-    assert main(["decode", str(source), "--ckpt", str(checkpoint), "--out", str(tmp_path / "d")]) == 2
-    assert match in capsys.readouterr().err
+    code = main(["decode", str(source), "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == (1 if content.startswith("not") else 2) and match in err
     assert main(["decode", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "no shard-*.parquet files" in capsys.readouterr().err
 
 
-def test_decode_refuses_tokens_of_another_model(tmp_path, folder, checkpoint, capsys):
-    out = tmp_path / "tokens"
-    assert main(["tokenize", "--ckpt", str(checkpoint), "--data", f"folder:{folder}", "--out", str(out),
-                 "--no-progress"]) == 0
-    assert main(["decode", str(out), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 2
-    assert "made by a different model" in capsys.readouterr().err
-    checkpoint.rename(tmp_path / "moved")
-    assert main(["decode", str(out), "--out", str(tmp_path / "d")]) == 2
-    assert "--ckpt" in capsys.readouterr().err
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of raw bytes")
+def test_decode_names_undecodable_file_names_as_encode_does(tmp_path, tok):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name)
+    tokenize_folder(tok, root, tmp_path / "t", 0.1, progress=False)
+    assert kolmotok.read_tokens(tmp_path / "t").column("path").to_pylist() == ["caf\\xe9.png"]
+    assert tokenize_mod.unescape_path("caf\\xe9.png") == name
+    from kolmotok.tokenize import decode_files, token_files
+
+    assert decode_files(tok, token_files(tmp_path / "t"), tmp_path / "d", progress=False).images == 1
+    assert os.listdir(tmp_path / "d") == [os.fsdecode(b"caf\xe9.recon.png")]

@@ -126,6 +126,26 @@ def checkpoint_label(path: str | Path | None) -> str:
     return str(path) if shipped is None else f"{SHIPPED_PREFIX}:{shipped}"
 
 
+def checkpoint_record(directory: str | Path | None) -> str | None:
+    """How tokens record the checkpoint directory that made them, for decoding them later with the
+    same weights: ``shipped:NAME`` for one shipped with the package (it moves with the install),
+    else the absolute directory; None for a model not loaded from a checkpoint."""
+    if directory is None:
+        return None
+    directory = Path(directory).resolve()
+    if directory.parent == Path(str(resources.files("kolmotok") / "weights")).resolve():
+        return f"{SHIPPED_PREFIX}:{directory.name}"
+    return str(directory)
+
+
+def same_checkpoint(a: str | Path, b: str | Path) -> bool:
+    """Whether two checkpoint names (directories, run directories, shipped[:NAME], records) are one."""
+    try:
+        return checkpoint_record(resolve_checkpoint(a)) == checkpoint_record(resolve_checkpoint(b))
+    except (ValueError, OSError):
+        return checkpoint_label(a) == checkpoint_label(b)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, a run directory (-> its latest checkpoint), or ``shipped`` /
     ``shipped:NAME`` (a checkpoint shipped inside the package, where no such directory exists)."""

@@ -165,6 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     """Files are read one batch at a time (any number of inputs); an unreadable one is reported
     and skipped. Exit status 1 if any input failed, after processing the rest."""
+    from .checkpoint import checkpoint_record
     from .data.images import load_images, reconstruction_paths, save_image
     from .evaluation.metrics import l1_per_image
 
@@ -198,8 +199,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
             if args.out:
                 save_image(rec[i], outputs[path])
                 row["reconstruction"] = str(outputs[path])
-            if args.codes:
-                row["codes"] = enc.tokens[i, : int(enc.lengths[i])].tolist()
+            if args.codes:  # with the checkpoint that decodes them (kolmotok decode)
+                row |= {"codes": enc.tokens[i, : int(enc.lengths[i])].tolist(),
+                        "checkpoint": checkpoint_record(tok.path)}
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
@@ -217,51 +219,37 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    """Token rows -> PNG reconstructions. The checkpoint is the one the tokens record unless
-    --ckpt names another. Rows that cannot be decoded are reported and skipped; the exit status
-    is 1 if any was, after writing the rest."""
-    from .api import load
-    from .tokenize import decode_files, recorded_settings, token_files
+    """Token rows -> PNG reconstructions, with the checkpoint the tokens record unless --ckpt
+    names another. Rows and files that cannot be decoded are reported and skipped; the exit
+    status is 1 if any was, after writing the rest."""
+    from .checkpoint import same_checkpoint
+    from .tokenize import decode_files, recorded_checkpoints, token_files
 
+    check_output(args.out, directory=True)
     files = token_files(args.tokens)
-    recorded = recorded_settings(files)
-    made_with = recorded.get("checkpoint")
-    if args.ckpt is None and made_with is not None:
+    made_with = recorded_checkpoints(files)
+    if args.ckpt is None and made_with:
+        if len(made_with) > 1:
+            raise ValueError(f"{args.tokens}: tokens of several checkpoints ({', '.join(sorted(made_with))}); "
+                             "decode them apart, or name one with --ckpt")
+        args.ckpt = made_with.pop()
         try:
-            tok = load(made_with, device=args.device)
-        except (ValueError, FileNotFoundError) as err:
-            raise ValueError(f"{args.tokens}: the tokens record checkpoint {made_with!r}, which does not load from "
-                             f"here ({err}); name it with --ckpt") from None
+            tok = _load(args)
+        except FileNotFoundError as err:
+            raise ValueError(f"{args.tokens}: the tokens record checkpoint {args.ckpt}, which is not here ({err}); "
+                             "name it with --ckpt") from None
     else:
         tok = _load(args)
-        if made_with is not None and not same_checkpoint(made_with, args.ckpt):
-            log.warning("the tokens record checkpoint %s; decoding them with %s", made_with, args.ckpt)
-    check_token_format(recorded, tok, args.tokens)
-    summary = decode_files(tok, files, args.out, batch_size=args.batch_size, progress=not args.no_progress)
-    for path, reason in summary.failures:
-        print(f"ERROR {path}: {reason}", file=sys.stderr)
-    print(f"{summary.images} reconstructions written to {args.out} in {summary.seconds:.1f} s"
-          + (f"; {len(summary.failures)} rows could not be decoded" if summary.failures else ""))
+        for other in sorted(m for m in made_with if not same_checkpoint(m, args.ckpt or "shipped")):
+            log.warning("%s: the tokens record checkpoint %s; decoding them with %s",
+                        args.tokens, other, args.ckpt or "shipped")
+    summary = decode_files(tok, files, args.out, batch_size=args.batch_size, progress=not args.no_progress,
+                           report=lambda where, reason: print(f"ERROR {where}: {reason}", file=sys.stderr))
+    notes = [f"{len(summary.failures)} could not be decoded"] * bool(summary.failures) + [
+        f"{summary.repeated} repeat an earlier path (written as NAME.recon-2.png, ...)"] * bool(summary.repeated)
+    print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {args.out} in "
+          f"{summary.seconds:.1f} s" + (f"; {'; '.join(notes)}" if notes else ""))
     return 1 if summary.failures else 0
-
-
-def same_checkpoint(a: str, b: str) -> bool:
-    """Whether two checkpoint names (paths, run directories, shipped[:NAME]) are the same directory."""
-    from .checkpoint import checkpoint_label, resolve_checkpoint
-
-    try:
-        return resolve_checkpoint(a).resolve() == resolve_checkpoint(b).resolve()
-    except (ValueError, OSError):
-        return checkpoint_label(a) == checkpoint_label(b)
-
-
-def check_token_format(recorded: dict, tok, source: str) -> None:
-    """Refuse tokens recorded for another model shape (a tokenize output records its model's)."""
-    own = {"image_size": tok.image_size, "max_tokens": tok.max_tokens,
-           "token_format": "codes" if tok.discrete else "vectors", "token_dim": tok.model.cfg.code_dim}
-    differ = [f"{k} {recorded[k]} (model: {v})" for k, v in own.items() if k in recorded and recorded[k] != v]
-    if differ:
-        raise ValueError(f"{source}: the tokens were made by a different model: {', '.join(differ)}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -440,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one more decoder pass checks each image; misses are re-encoded at a tighter condition")
     n.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=64, help="images per encoder pass")
     n.add_argument("--json", action="store_true", help="one JSON line per image")
-    n.add_argument("--codes", action="store_true", help="include the token codes in the JSON")
+    n.add_argument("--codes", action="store_true",
+                   help="include the token codes and the checkpoint in the JSON (for kolmotok decode)")
     n.add_argument("--out", help="write reconstructions (PNG) to this directory, mirroring the inputs' folders "
                    "(STEM.recon.png)")
     n.set_defaults(func=cmd_encode)

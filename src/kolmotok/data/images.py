@@ -21,7 +21,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -208,15 +208,22 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def reconstruction_paths(images: list[Path], out: Path) -> list[Path]:
-    """Where ``encode --out`` and ``decode`` write each image's reconstruction: the folders mirrored
-    below their common parent, as STEM.recon.png (STEM.EXT.recon.png where two inputs in one
-    folder share a stem), so no two inputs share an output file. Paths are made absolute
+    """Where ``encode --out`` writes each input's reconstruction: the inputs' folders mirrored
+    below their common parent (:func:`mirrored_reconstruction_paths`). Paths are made absolute
     without following symbolic links, so a linked input is named after the link."""
     resolved = [Path(os.path.abspath(p)) for p in images]
     common = Path(os.path.commonpath([p.parent for p in resolved]))
-    stems = Counter((p.parent, p.stem) for p in resolved)
-    return [out / p.parent.relative_to(common) / (f"{p.stem}.recon.png" if stems[p.parent, p.stem] == 1
-                                                   else f"{p.name}.recon.png") for p in resolved]
+    return mirrored_reconstruction_paths([p.relative_to(common) for p in resolved], out)
+
+
+def mirrored_reconstruction_paths(relative: list[PurePath], out: Path,
+                                  everyone: list[PurePath] | None = None) -> list[Path]:
+    """``out / FOLDER / STEM.recon.png`` for each relative path, or ``STEM.EXT.recon.png`` where
+    another file of ``everyone`` (default: ``relative``) in that folder has the same stem, so no
+    two files share an output."""
+    stems = Counter((p.parent, p.stem) for p in set(relative if everyone is None else everyone))
+    return [out / p.parent / (f"{p.stem}.recon.png" if stems[p.parent, p.stem] <= 1 else f"{p.name}.recon.png")
+            for p in relative]
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> None:

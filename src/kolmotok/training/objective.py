@@ -49,7 +49,8 @@ class Draws:
     made for the whole global batch of ``total`` images, of which this call keeps rows
     ``start .. start + count``. A step split over processes and micro-batches therefore draws
     what the one batch would have drawn. Losses normalised by a count over the batch take the
-    global count times :attr:`share` (the trainer averages slices), as KARL's halting BCE does.
+    global count times :attr:`share` (the trainer averages its equal slices), as KARL's halting
+    BCE does.
     """
 
     def __init__(self, generator: torch.Generator, start: int, count: int, total: int) -> None:
@@ -231,11 +232,13 @@ class KARLObjective(Objective):
             gap = torch.zeros_like(stricter)
         lat2 = model.encode(images, target, T_max)
         halt_label, label_weight = halting_labels(label_len, T, short, stricter, looser, gap, T_max)
+        # the count of labelled positions (at least 1: a batch with none has a BCE sum of 0)
         if cfg.gap_target_prob > 0:  # which images get gap targets depends on this slice's errors
-            labelled = label_weight.sum()
-        else:  # this slice's share of the global batch's labelled positions: the same however it is split
+            labelled = label_weight.sum().clamp(min=1)
+        else:  # this slice's share of the global batch's count: the same however it is split (equally)
             nothing = torch.zeros_like(stricter_all)
-            labelled = label_weights(T, short, stricter_all, looser_all, nothing, T_max).sum().to(dev) * draws.share
+            everyone = label_weights(T, short, stricter_all, looser_all, nothing, T_max).sum().clamp(min=1)
+            labelled = everyone.to(dev) * draws.share
         bce2 = F.binary_cross_entropy_with_logits(lat2.halt_logits, halt_label, weight=label_weight,
                                                   reduction="sum") / labelled
         lengths = model.halt(lat2.halt_logits.detach(), target)
