@@ -17,6 +17,7 @@ from kolmotok.api import Tokenizer
 from kolmotok.checkpoint import save_checkpoint
 from kolmotok.cli import main
 from kolmotok.config import to_dict
+from kolmotok.detokenize import decode_files, token_files, unescape_path
 from kolmotok.tokenize import table_to_tokens, tokenize_folder
 
 
@@ -308,8 +309,7 @@ def test_decode_names_undecodable_file_names_as_encode_does(tmp_path, tok):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name)
     tokenize_folder(tok, root, tmp_path / "t", 0.1, progress=False)
     assert kolmotok.read_tokens(tmp_path / "t").column("path").to_pylist() == ["caf\\xe9.png"]
-    assert tokenize_mod.unescape_path("caf\\xe9.png") == name
-    from kolmotok.tokenize import decode_files, token_files
+    assert unescape_path("caf\\xe9.png") == name
 
     assert decode_files(tok, token_files(tmp_path / "t"), tmp_path / "d", progress=False).images == 1
     assert os.listdir(tmp_path / "d") == [os.fsdecode(b"caf\xe9.recon.png")]

@@ -223,7 +223,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     names another. Rows and files that cannot be decoded are reported and skipped; the exit
     status is 1 if any was, after writing the rest."""
     from .checkpoint import same_checkpoint
-    from .tokenize import decode_files, recorded_checkpoints, token_files
+    from .detokenize import decode_files, recorded_checkpoints, token_files
 
     check_output(args.out, directory=True)
     files = token_files(args.tokens)
