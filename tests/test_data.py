@@ -252,3 +252,12 @@ def test_webdataset_shards_stream_and_skip_corrupt_samples(tmp_path):
     src = make_source(f"wds:{tmp_path}/train-{{0..1}}.tar", 16)
     batch = src.sample(25, torch.Generator().manual_seed(0))
     assert batch.shape == (25, 3, 16, 16) and 0 <= batch.min() and batch.max() <= 1
+
+
+def test_an_output_whose_name_just_fits_is_written(tmp_path):
+    """Atomic writes go through a temporary name beside the output: it must fit where the name fits."""
+    from kolmotok.data.images import save_image
+
+    name = "é" * 119 + ".png"  # 242 bytes: the temporary name would not fit if it held the whole name
+    save_image(torch.zeros(3, 4, 4), tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -256,15 +257,38 @@ def test_decode_reports_bad_rows_and_files_and_writes_the_rest(tmp_path, checkpo
     assert "unreadable" not in err  # encode already reported the input it could not read
 
 
-def test_a_damaged_shard_is_reported_and_the_others_decoded(tmp_path, folder, tok, capsys):
+def test_json_lines_are_named_as_encode_named_them_from_anywhere(tmp_path, folder, checkpoint, capsys,
+                                                                 monkeypatch):
+    """Names come from every path encode was given (unreadable ones too) and from its working
+    directory, so decode run elsewhere names the files as encode --out did."""
+    monkeypatch.chdir(folder)
+    assert main(["encode", "--ckpt", str(checkpoint), "a/img01.png", "b/broken.jpg", "--json", "--codes",
+                 "--out", str(tmp_path / "enc")]) == 1
+    lines = capsys.readouterr().out
+    assert sorted(p.relative_to(tmp_path / "enc").as_posix() for p in (tmp_path / "enc").rglob("*.png")) == [
+        "a/img01.recon.png"]
+    monkeypatch.chdir(tmp_path)
+    good = next(json.loads(x) for x in lines.splitlines() if "codes" in x)
+    (tmp_path / "e.jsonl").write_text(lines + json.dumps({**good, "path": "a/x\0.png"}) + "\n")
+    assert main(["decode", "e.jsonl", "--out", "dec", "--no-progress"]) == 1
+    assert "line 3 (a/x\\x00.png): cannot write" in capsys.readouterr().err  # no file can have that name
+    assert sorted(p.relative_to(tmp_path / "dec").as_posix() for p in (tmp_path / "dec").rglob("*.png")) == [
+        "a/img01.recon.png"]
+
+
+def test_a_damaged_shard_is_reported_and_the_others_decoded(tmp_path, folder, tok, checkpoint, capsys):
     out = tmp_path / "tokens"
     tokenize_folder(tok, folder, out, 0.1, shard_size=4, progress=False)
     damaged = out / "shard-00000.parquet"
     damaged.write_bytes(damaged.read_bytes()[:300])
-    assert main(["decode", str(out), "--ckpt", "shipped", "--out", str(tmp_path / "d"), "--no-progress"]) == 1
+    assert main(["decode", str(out), "--ckpt", str(checkpoint), "--out", str(tmp_path / "d"), "--no-progress"]) == 1
     assert "shard-00000.parquet: not a readable token shard" in capsys.readouterr().err
-    assert main(["decode", str(damaged), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 1
-    assert "shard-00000.parquet: not a readable token shard" in capsys.readouterr().err
+    assert len(list((tmp_path / "d").rglob("*.png"))) == 11 - 4
+    assert main(["decode", str(damaged), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 2
+    assert "nothing to decode: " in capsys.readouterr().err
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    assert main(["decode", str(tmp_path / "other.parquet"), "--out", str(tmp_path / "d")]) == 2
+    assert "not a kolmotok token shard (no codes, length, path column)" in capsys.readouterr().err
 
 
 def test_decode_uses_the_exact_checkpoint_the_tokens_came_from(tmp_path, folder, capsys):
@@ -282,7 +306,7 @@ def test_decode_uses_the_exact_checkpoint_the_tokens_came_from(tmp_path, folder,
     assert main(["decode", str(tmp_path / "t"), "--ckpt", str(run / "checkpoints" / "step_0000001"), "--out",
                  str(tmp_path / "d")]) == 0
     assert "WARNING" not in capsys.readouterr().err
-    assert main(["decode", str(tmp_path / "t"), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 1
+    assert main(["decode", str(tmp_path / "t"), "--ckpt", "shipped", "--out", str(tmp_path / "d")]) == 2
     assert "tokens of a model of another shape" in capsys.readouterr().err
     (run / "checkpoints" / "step_0000001").rename(tmp_path / "moved")
     assert main(["decode", str(tmp_path / "t"), "--out", str(tmp_path / "d")]) == 2
@@ -296,7 +320,7 @@ def test_decode_refuses_what_is_not_tokens(tmp_path, content, match, capsys):
     source.write_text(content)
     code = main(["decode", str(source), "--out", str(tmp_path / "d")])
     err = capsys.readouterr().err
-    assert code == (1 if content.startswith("not") else 2) and match in err
+    assert code == 2 and match in err
     assert main(["decode", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "no shard-*.parquet files" in capsys.readouterr().err
 

@@ -177,7 +177,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     for start in range(0, len(paths), args.batch_size):
         loaded = load_images(paths[start:start + args.batch_size], tok.image_size, skip_errors=True, log_failures=False)
         for path, reason in loaded.failures:
-            print(json.dumps({"path": str(path), "error": reason}) if args.json else f"ERROR {reason}",
+            failure = {"path": str(path), "error": reason} | ({"cwd": os.getcwd()} if args.codes else {})
+            print(json.dumps(failure) if args.json else f"ERROR {reason}",
                   file=sys.stdout if args.json else sys.stderr)
         failed += len(loaded.failures)
         if not loaded.paths:
@@ -201,7 +202,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 row["reconstruction"] = str(outputs[path])
             if args.codes:  # with the checkpoint that decodes them (kolmotok decode)
                 row |= {"codes": enc.tokens[i, : int(enc.lengths[i])].tolist(),
-                        "checkpoint": checkpoint_record(tok.path)}
+                        "checkpoint": checkpoint_record(tok.path), "cwd": os.getcwd()}
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
@@ -223,7 +224,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     names another. Rows and files that cannot be decoded are reported and skipped; the exit
     status is 1 if any was, after writing the rest."""
     from .checkpoint import same_checkpoint
-    from .detokenize import decode_files, recorded_checkpoints, token_files
+    from .detokenize import decode_files, recorded_checkpoints, shown, token_files
 
     check_output(args.out, directory=True)
     files = token_files(args.tokens)
@@ -247,7 +248,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                            report=lambda where, reason: print(f"ERROR {where}: {reason}", file=sys.stderr))
     notes = [f"{len(summary.failures)} could not be decoded"] * bool(summary.failures) + [
         f"{summary.repeated} repeat an earlier path (written as NAME.recon-2.png, ...)"] * bool(summary.repeated)
-    print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {args.out} in "
+    print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {shown(args.out)} in "
           f"{summary.seconds:.1f} s" + (f"; {'; '.join(notes)}" if notes else ""))
     return 1 if summary.failures else 0
 
@@ -429,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=64, help="images per encoder pass")
     n.add_argument("--json", action="store_true", help="one JSON line per image")
     n.add_argument("--codes", action="store_true",
-                   help="include the token codes and the checkpoint in the JSON (for kolmotok decode)")
+                   help="include the token codes, the checkpoint and the working directory in the JSON (for "
+                        "kolmotok decode)")
     n.add_argument("--out", help="write reconstructions (PNG) to this directory, mirroring the inputs' folders "
                    "(STEM.recon.png)")
     n.set_defaults(func=cmd_encode)
@@ -487,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or one of its shards), or the JSON lines of kolmotok encode --json --codes. "
                                    "Rows that cannot be decoded are reported and skipped; the exit status is 1 if "
                                    "any was.")
-    add_ckpt(o, "the one a tokenize output records, else the shipped tiny checkpoint")
+    add_ckpt(o, "the one the tokens record (tokenize shards, encode --codes lines), else the shipped tiny "
+                "checkpoint")
     o.add_argument("tokens", help="tokenize output folder, a shard-NNNNN.parquet file, or a JSON-lines file")
     o.add_argument("--out", required=True, help="directory for the PNGs, mirroring the images' folders "
                    "(STEM.recon.png, as encode --out)")

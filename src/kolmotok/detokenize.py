@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .api import Tokenizer, as_index
 from .data.images import mirrored_reconstruction_paths, reconstruction_paths, save_image
-from .tokenize import MANIFEST, RECORD, pyarrow_modules
+from .tokenize import MANIFEST, RECORD, printable_path, pyarrow_modules
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ def token_files(source: str | Path) -> list[Path]:
             log.warning("%s: %d of %d planned shards are missing (is its tokenize run unfinished?)",
                         source, len(planned) - len(files), len(planned))
         return files
-    if not source.is_file():
+    if not source.exists():
         raise ValueError(f"{source}: no such file or folder")
+    if not source.is_file():
+        raise ValueError(f"{source}: not a regular file or folder (a pipe cannot be read twice: write the lines "
+                         "to a file first)")
     return [source]
 
 
@@ -78,6 +82,17 @@ class TokenRow:
     codes: list | None  # its token sequence; None where the row cannot be one
     problem: str | None = None
     checkpoint: str | None = None  # the checkpoint a JSON line records (encode --json --codes)
+    cwd: str | None = None  # the directory encode ran in, which a JSON line's relative path is relative to
+    unread: bool = False  # an input encode could not read (and reported): named like the rest, never decoded
+
+    @property
+    def naming_path(self) -> str | None:
+        """The path the output name comes from: a JSON line's path as encode saw it."""
+        return self.path if self.path is None or self.cwd is None else os.path.join(self.cwd, self.path)
+
+    @property
+    def decodable(self) -> bool:
+        return self.problem is None and not self.unread
 
 
 def _row(where: str, data: dict) -> TokenRow:
@@ -92,18 +107,24 @@ def _row(where: str, data: dict) -> TokenRow:
         problem = "codes must be a non-empty list"
     elif length is not None and (as_index(length) is None or length != len(codes)):
         problem = f"{len(codes)} codes for a length of {length!r}"
-    return TokenRow(where, path, None if problem else codes, problem, data.get("checkpoint"))
+    cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+    return TokenRow(where, path, None if problem else codes, problem, data.get("checkpoint"), cwd)
 
 
 def read_rows(file: Path) -> list[TokenRow]:
-    """The rows of one shard (path, length, codes) or JSON-lines file (path, tokens, codes; lines
-    with an ``error``, inputs encode could not read and reported, are left out). ValueError
-    where the file cannot be read at all."""
+    """The rows of one shard (path, length, codes) or JSON-lines file (path, tokens, codes, cwd;
+    a line with an ``error`` is an input encode could not read). ValueError where the file
+    cannot be read at all."""
     if file.suffix != ".parquet":
         return _json_rows(file)
     _, pq = pyarrow_modules()
     try:
+        missing = {"path", "length", "codes"} - set(pq.read_schema(file).names)
+        if missing:
+            raise ValueError(f"{file}: not a kolmotok token shard (no {', '.join(sorted(missing))} column)")
         table = pq.read_table(file, columns=["path", "length", "codes"])
+    except ValueError:
+        raise
     except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         raise ValueError(f"{file}: not a readable token shard ({err})") from None
     rows = []
@@ -132,9 +153,11 @@ def _json_rows(file: Path) -> list[TokenRow]:
                     rows.append(TokenRow(where, None, None, "not a JSON object (a cut-off or edited line?)"))
                 elif "error" not in data:
                     rows.append(_row(where, data))
+                elif isinstance(data.get("path"), str) and data["path"]:
+                    rows.append(TokenRow(where, data["path"], None, cwd=data.get("cwd"), unread=True))
     except OSError as err:
         raise ValueError(f"{file}: cannot be read ({err.strerror})") from None
-    if rows and all(row.path is None and row.problem.startswith("not a JSON object") for row in rows):
+    if rows and all(row.path is None and (row.problem or "").startswith("not a JSON object") for row in rows):
         raise ValueError(f"{file}: no JSON objects in it (expected the output of kolmotok encode --json --codes)")
     return rows
 
@@ -168,27 +191,29 @@ def check_token_shape(file: Path, tok: Tokenizer) -> None:
         raise ValueError(f"{file}: tokens of a model of another shape: {', '.join(differ)}")
 
 
-def output_paths(files: list[Path], paths: list[list[str | None]], out: Path) -> tuple[list[list[Path | None]], int]:
-    """Where each row's reconstruction goes (``paths``: each file's row paths), as ``encode --out``
-    names them: shard paths are relative to the tokenized folder (mirrored below ``out``, the stem
-    rule over the manifest's whole plan where there is one, so any subset of shards gets the same
-    names); JSON-line paths are mirrored below their common parent. A path that repeats gets
-    ``-2``, ``-3``, ... before ``.png``. Returns them and the number of repeats."""
-    dests: list[list[Path | None]] = [[None] * len(p) for p in paths]
-    for shards in (True, False):
-        rows = [(i, j) for i, f in enumerate(files) if (f.suffix == ".parquet") == shards
-                for j, p in enumerate(paths[i]) if p is not None]
-        if not rows:
+def output_paths(files: list[Path], rows: list[list[TokenRow]], out: Path) -> tuple[list[list[Path | None]], int]:
+    """Where each decodable row's reconstruction goes, as ``encode --out`` names them: shard paths
+    mirror the tokenized folder below ``out`` (the stem rule over its manifest's whole plan where
+    there is one, so any subset of its shards gets the same names); JSON-line paths are mirrored
+    below the common parent of every path encode was given, unreadable ones included. A path
+    that repeats gets ``-2``, ``-3``, ... before ``.png``. Returns them and the number of repeats."""
+    dests: list[list[Path | None]] = [[None] * len(r) for r in rows]
+    groups: dict = {}  # shards per tokenize output folder; JSON lines all together
+    for i, f in enumerate(files):
+        groups.setdefault(f.resolve().parent if f.suffix == ".parquet" else None, []).append(i)
+    for folder, members in groups.items():
+        named = [(i, j) for i in members for j, row in enumerate(rows[i]) if row.naming_path is not None]
+        if not named:
             continue
-        if shards:
-            plan_ = _planned(files[0].parent)
-            relative = [PurePath(paths[i][j]) for i, j in rows]
-            named = mirrored_reconstruction_paths(
-                relative, out, None if plan_ is None else [PurePath(p) for s in plan_ for p in s] + relative)
+        if folder is not None:
+            plan_ = _planned(folder)
+            relative = [PurePath(rows[i][j].path) for i, j in named]
+            everyone = None if plan_ is None else [PurePath(p) for shard in plan_ for p in shard] + relative
+            names = mirrored_reconstruction_paths(relative, out, everyone)
         else:
-            named = reconstruction_paths([Path(paths[i][j]) for i, j in rows], out)
-        for (i, j), dest in zip(rows, named):
-            dests[i][j] = dest
+            names = reconstruction_paths([Path(rows[i][j].naming_path) for i, j in named], out)
+        for (i, j), dest in zip(named, names):
+            dests[i][j] = dest if rows[i][j].decodable else None
     seen: Counter = Counter()
     for file_dests in dests:
         for j, dest in enumerate(file_dests):
@@ -207,54 +232,72 @@ class DecodeSummary:
     seconds: float
 
 
-def decode_files(tok: Tokenizer, files: list[Path], out: str | Path, batch_size: int = 256, progress: bool = True,
-                 report: Callable[[str, str], None] | None = None) -> DecodeSummary:
-    """Token rows -> one PNG per row below ``out`` (:func:`output_paths`), one decoder pass per
-    batch, one file at a time. A file that cannot be read or holds tokens of a model of another
-    shape, and a row whose tokens do not fit the model, are reported (``report(where, reason)``,
-    in file order) and skipped; the rest are written."""
+def decode_files(tok: Tokenizer, source: str | Path | list[Path], out: str | Path, batch_size: int = 256,
+                 progress: bool = True, report: Callable[[str, str], None] | None = None) -> DecodeSummary:
+    """Token rows -> one PNG per row below ``out`` (:func:`output_paths`; an existing PNG of that
+    name is replaced), one decoder pass per batch, one file at a time. ``source``: a token source
+    (:func:`token_files`) or its files. A file that cannot be read or holds tokens of a model of
+    another shape, and a row whose tokens do not fit the model, are reported (``report(where,
+    reason)``, in file order) and skipped; the rest are written. ValueError where no file can be read."""
     t0 = time.time()
+    files = token_files(source) if isinstance(source, (str, os.PathLike)) else [Path(f) for f in source]
+    if not files:
+        raise ValueError("decode_files: no token files given")
     failures: list[tuple[str, str]] = []
 
     def fail(where: str, reason: str) -> None:
         failures.append((where, reason))
         (report or (lambda w, r: log.error("%s: %s", w, r)))(where, reason)
 
-    def rows_of(file: Path) -> list[TokenRow] | None:
-        try:
-            check_token_shape(file, tok)
-            return read_rows(file)
-        except ValueError as err:
-            fail(str(file), str(err).removeprefix(f"{file}: "))
-            return None
+    def rows_of(file: Path) -> list[TokenRow]:
+        check_token_shape(file, tok)
+        return read_rows(file)
 
-    paths = []  # a first pass for the names: they depend on every row's path
+    rows: list[list[TokenRow]] = []  # a first pass for the names (codes dropped): they depend on every row's path
+    refused: list[tuple[str, str]] = []
     for file in files:
-        rows = rows_of(file)
-        paths.append([] if rows is None else [row.path for row in rows])
-    if not any(paths) and not failures:
+        try:
+            rows.append([TokenRow(r.where, r.path, None, r.problem, cwd=r.cwd, unread=r.unread) for r in rows_of(file)])
+        except ValueError as err:
+            rows.append([])
+            refused.append((str(file), str(err).removeprefix(f"{file}: ")))
+    if len(refused) == len(files):
+        more = f" (and {len(refused) - 1} more files)" if len(refused) > 1 else ""
+        raise ValueError(f"nothing to decode: {refused[0][0]}: {refused[0][1]}{more}")
+    if not any(r.decodable or r.problem for file_rows in rows for r in file_rows):
         raise ValueError(f"{files[0] if len(files) == 1 else files[0].parent}: no token rows to decode")
-    dests, repeated = output_paths(files, paths, Path(out))
-    written = 0
-    with tqdm(total=sum(map(len, paths)), unit="img", desc="decode", disable=not progress, dynamic_ncols=True) as bar:
+    dests, repeated = output_paths(files, rows, Path(out))
+    written, refused_files = 0, dict(refused)
+    with tqdm(total=sum(map(len, rows)), unit="img", desc="decode", disable=not progress, dynamic_ncols=True) as bar:
         for file, file_dests in zip(files, dests):
-            rows = rows_of(file) if file_dests else None
-            if rows is None or len(rows) != len(file_dests):
+            if str(file) in refused_files:
+                fail(str(file), refused_files[str(file)])
                 continue
-            for start in range(0, len(rows), batch_size):
-                batch = list(zip(rows[start:start + batch_size], file_dests[start:start + batch_size]))
+            try:
+                file_rows = rows_of(file)
+            except ValueError as err:  # changed since the first pass
+                fail(str(file), str(err).removeprefix(f"{file}: "))
+                continue
+            for start in range(0, len(file_rows), batch_size):
+                batch = [(row, dest) for row, dest in zip(file_rows[start:start + batch_size],
+                                                          file_dests[start:start + batch_size]) if not row.unread]
                 for (row, dest), image in zip(batch, _decode_rows(tok, [row for row, _ in batch])):
-                    where = f"{row.where} ({row.path})" if row.path else row.where
+                    where = f"{row.where} ({shown(row.path)})" if row.path else row.where
                     if isinstance(image, str):
                         fail(where, image)
                         continue
                     try:
                         save_image(image, dest)
                         written += 1
-                    except OSError as err:
-                        fail(where, f"cannot write {dest} ({err.strerror})")
-                bar.update(len(batch))
+                    except (OSError, ValueError) as err:
+                        fail(where, f"cannot write {shown(str(dest))} ({getattr(err, 'strerror', None) or err})")
+                bar.update(min(batch_size, len(file_rows) - start))
     return DecodeSummary(written, failures, repeated, time.time() - t0)
+
+
+def shown(path: str) -> str:
+    """A path as one message line can show it: undecodable bytes and control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in printable_path(path))
 
 
 def _decode_rows(tok: Tokenizer, rows: list[TokenRow]) -> list[torch.Tensor | str]:
