@@ -94,17 +94,19 @@ def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, caplog):
     assert "holds no checkpoint yet" in caplog.text
 
 
-def test_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_finishes_the_step_and_checkpoints_it(tmp_path, signum):
     cfg = small_config("train.steps=6", "train.data=shapes", "train.checkpoint_every=100")
+    before = signal.getsignal(signum)
 
     def interrupt(step, model):
         if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "r", progress=False, on_step_end=interrupt)
     assert [c.name for c in list_checkpoints(tmp_path / "r")] == ["step_0000003"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signum) is before  # the handler is put back
     final = train(cfg, tmp_path / "r", resume=True, progress=False)
     assert final.name == "step_0000006"
     steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -148,6 +150,26 @@ def test_kill_9_then_resume(tmp_path):
     assert steps == list(range(1, target + 1)), "rows past the checkpoint are dropped, then continued"
     assert list_checkpoints(run)[-1].name == f"step_{target:07d}"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "no partial checkpoint left"
+
+
+def test_sigterm_to_the_command_checkpoints_the_step_it_was_on(tmp_path):
+    """What a cluster scheduler does before preempting a job: the run ends with exit status 130
+    and a checkpoint of the last step it finished, so --resume loses nothing."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(run), "--data", "shapes",
+            "--no-progress", "--steps", "100000"]
+    for s in TINY_TEST + ["train.eval_every=0", "train.checkpoint_every=1000"]:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_rows(run) if (run / "metrics.jsonl").exists() else []) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "terminated: finishing this step" in err
+    last = list_checkpoints(run)[-1]
+    assert int(last.name.split("_")[1]) == _rows(run)[-1]["step"] >= 2
 
 
 def test_init_from_checkpoint(tmp_path):

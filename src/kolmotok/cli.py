@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -513,6 +516,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill``, a scheduler's stop) interrupts a command as Ctrl-C does, so unfinished
+    files are removed and training checkpoints first; the handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, ranks other than 0 report warnings only
@@ -520,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s" if rank == 0 else
                         f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
-        check_output(getattr(args, "out", None), directory=args.command not in FILE_OUTPUTS)
-        return args.func(args)
+        with _sigterm_interrupts():
+            check_output(getattr(args, "out", None), directory=args.command not in FILE_OUTPUTS)
+            return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"kolmotok {args.command}: error: {exc}", file=sys.stderr)
         return 2

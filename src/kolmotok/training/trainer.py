@@ -188,27 +188,31 @@ def _ignore_interrupt(_worker_id: int) -> None:
 
 
 class StopOnInterrupt:
-    """Ctrl-C (SIGINT) while training: finish the current step, write a checkpoint, then raise
-    KeyboardInterrupt, so ``--resume`` continues from that very step. A second Ctrl-C stops at
-    once. Active in a single process's main thread only (torchrun manages its workers' signals)."""
+    """Ctrl-C (SIGINT) or SIGTERM (what a cluster scheduler sends before it preempts a job) while
+    training: finish the current step, write a checkpoint, then raise KeyboardInterrupt, so
+    ``--resume`` continues from that very step. A second signal stops at once. Active in a single
+    process's main thread only (torchrun manages its workers' signals)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, active: bool) -> None:
-        self.active, self.requested, self.previous = active, False, None
+        self.active, self.requested, self.previous = active, False, {}
 
     def __enter__(self) -> StopOnInterrupt:
         if self.active:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("interrupted: finishing this step and writing a checkpoint (Ctrl-C again stops at once)")
+        log.warning("%s: finishing this step and writing a checkpoint (a second signal stops at once)",
+                    "interrupted" if signum == signal.SIGINT else "terminated")
 
     def __exit__(self, *exc) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # what a resumed run may change: its length, where and how fast it runs, its monitoring; not what
