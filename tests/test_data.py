@@ -261,3 +261,7 @@ def test_an_output_whose_name_just_fits_is_written(tmp_path):
     name = "é" * 119 + ".png"  # 242 bytes: the temporary name would not fit if it held the whole name
     save_image(torch.zeros(3, 4, 4), tmp_path / name)
     assert [p.name for p in tmp_path.iterdir()] == [name]
+    from kolmotok.io import short_name
+
+    cut = short_name("日" * 100)  # 300 bytes, cut at a character boundary (valid UTF-8 for any file system)
+    assert cut == "日" * 66 and len(cut.encode()) <= 200

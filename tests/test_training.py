@@ -152,24 +152,42 @@ def test_kill_9_then_resume(tmp_path):
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "no partial checkpoint left"
 
 
-def test_sigterm_to_the_command_checkpoints_the_step_it_was_on(tmp_path):
-    """What a cluster scheduler does before preempting a job: the run ends with exit status 130
-    and a checkpoint of the last step it finished, so --resume loses nothing."""
+@pytest.mark.parametrize("group, workers", [(False, 0), (True, 2)])
+def test_sigterm_to_the_command_checkpoints_the_step_it_was_on(tmp_path, group, workers):
+    """What a cluster scheduler does before preempting a job (to the process, or to its whole
+    group, data-loading workers included): the run ends with exit status 130 and a checkpoint of
+    the last step it finished, so --resume loses nothing."""
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(run), "--data", "shapes",
-            "--no-progress", "--steps", "100000"]
+            "--no-progress", "--steps", "100000", "--data-workers", str(workers)]
     for s in TINY_TEST + ["train.eval_every=0", "train.checkpoint_every=1000"]:
         args += ["--set", s]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(_rows(run) if (run / "metrics.jsonl").exists() else []) < 2:
+    while time.time() < deadline and len(_rows(run) if (run / "metrics.jsonl").exists() else []) < 3:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "terminated: finishing this step" in err
     last = list_checkpoints(run)[-1]
-    assert int(last.name.split("_")[1]) == _rows(run)[-1]["step"] >= 2
+    assert int(last.name.split("_")[1]) == _rows(run)[-1]["step"] >= 3
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "a partial checkpoint"
+
+
+def test_an_interrupted_checkpoint_write_leaves_nothing(tmp_path, model, monkeypatch):
+    from kolmotok import checkpoint as checkpoint_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_mod, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_mod.save_checkpoint(tmp_path / "ck", model, {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_init_from_checkpoint(tmp_path):

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, from_dict
-from .io import fsync_path, write_json
+from .io import fsync_path, short_name, write_json
 from .models import KARLTokenizer
 
 WEIGHTS = "model.safetensors"
@@ -34,19 +34,23 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any
     """Write a complete checkpoint to ``directory`` atomically (tmp dir + rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    tmp = directory.parent / f".tmp-{short_name(directory.name)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = model.own_state_dict() if hasattr(model, "own_state_dict") else model.state_dict()
-    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    save_file(state, str(tmp / WEIGHTS))
-    write_json(tmp / CONFIG, meta)
-    if train_state is not None:
-        torch.save(train_state, tmp / TRAIN_STATE)
-    for written in (tmp / WEIGHTS, tmp / TRAIN_STATE, tmp):  # content on disk before the rename names it
-        if written.exists():
-            fsync_path(written)
+    try:
+        weights = model.own_state_dict() if hasattr(model, "own_state_dict") else model.state_dict()
+        state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        save_file(state, str(tmp / WEIGHTS))
+        write_json(tmp / CONFIG, meta)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        for written in (tmp / WEIGHTS, tmp / TRAIN_STATE, tmp):  # content on disk before the rename names it
+            if written.exists():
+                fsync_path(written)
+    except BaseException:  # an error or an interrupt: no half-written directory is left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if directory.exists():
         old = directory.parent / f".old-{directory.name}-{os.getpid()}"
         os.rename(directory, old)

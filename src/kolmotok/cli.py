@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _sigterm_interrupts():
     """SIGTERM (``kill``, a scheduler's stop) interrupts a command as Ctrl-C does, so unfinished
     files are removed and training checkpoints first; the handler is put back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):  # an ignored SIGTERM stays ignored
         yield
         return
 

@@ -27,22 +27,30 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def short_name(name: str, limit: int = 200) -> str:
+    """``name`` cut to at most ``limit`` bytes at a character boundary, for a temporary name built
+    from it that must fit where ``name`` itself just fits (file names hold 255 bytes)."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    return raw[:limit].decode("utf-8", "ignore") or "tmp"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    name = os.fsencode(path.name)  # the temporary name must fit where ``path`` itself just fits (255 bytes)
-    stem = path.name if len(name) <= 200 else os.fsdecode(name[:200])
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -183,8 +183,10 @@ class MetricsLog:
 
 
 def _ignore_interrupt(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the training process (which stops them when it stops)."""
+    """DataLoader workers leave Ctrl-C and SIGTERM (sent to the whole process group by a
+    scheduler) to the training process, which checkpoints and then stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopOnInterrupt:
@@ -199,8 +201,9 @@ class StopOnInterrupt:
         self.active, self.requested, self.previous = active, False, {}
 
     def __enter__(self) -> StopOnInterrupt:
-        if self.active:
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        if self.active:  # (a signal the parent process ignores stays ignored)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                             if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -278,7 +281,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     """Train ``cfg`` into ``out_dir``; returns the final checkpoint directory.
 
     Under torchrun every process calls this; rank 0 alone logs and writes checkpoints.
-    on_step_end(step, model), if given, runs on every rank after each optimizer step.
+    on_step_end(step, model), if given, runs on every rank after each optimizer step. Called
+    from the main thread of a single process, it handles SIGINT and SIGTERM while it runs
+    (:class:`StopOnInterrupt`: checkpoint, then KeyboardInterrupt) and puts their handlers back.
     """
     out_dir = Path(out_dir)
     validate(cfg)
