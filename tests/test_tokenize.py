@@ -337,3 +337,16 @@ def test_decode_names_undecodable_file_names_as_encode_does(tmp_path, tok):
 
     assert decode_files(tok, token_files(tmp_path / "t"), tmp_path / "d", progress=False).images == 1
     assert os.listdir(tmp_path / "d") == [os.fsdecode(b"caf\xe9.recon.png")]
+
+
+def test_decode_reads_json_lines_from_standard_input(tmp_path, checkpoint, capsys, monkeypatch):
+    import io
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(image)
+    assert main(["encode", "--ckpt", str(checkpoint), str(image), "--json", "--codes"]) == 0
+    lines = capsys.readouterr().out + '{"path": "b.png", "codes": [[1, 2]]}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+    assert main(["decode", "-", "--out", str(tmp_path / "d"), "--no-progress"]) == 1
+    assert "ERROR <stdin> line 2 (b.png): " in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "d").rglob("*.png")] == ["a.recon.png"]

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -225,18 +226,39 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     """Token rows -> PNG reconstructions, with the checkpoint the tokens record unless --ckpt
     names another. Rows and files that cannot be decoded are reported and skipped; the exit
-    status is 1 if any was, after writing the rest."""
-    from .checkpoint import same_checkpoint
-    from .detokenize import decode_files, recorded_checkpoints, shown, token_files
+    status is 1 if any was, after writing the rest. "-" reads JSON lines from standard input."""
+    from .detokenize import token_files
 
     check_output(args.out, directory=True)
-    files = token_files(args.tokens)
-    made_with = recorded_checkpoints(files)
+    with tempfile.TemporaryDirectory() as spool:
+        source = args.tokens
+        if source == "-":  # the lines are read more than once: kept in a file first
+            source = str(Path(spool) / "stdin.jsonl")
+            with open(source, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f)
+
+        def named(text: str) -> str:
+            return text.replace(source, "<stdin>") if args.tokens == "-" else text
+
+        try:
+            return _decode(args, token_files(source), named)
+        except ValueError as err:
+            raise ValueError(named(str(err))) from None
+
+
+def _decode(args: argparse.Namespace, files: list[Path], named) -> int:
+    from .checkpoint import same_checkpoint
+    from .detokenize import decode_files, recorded_checkpoints, shown
+
+    made_with: list[str] = []  # the recorded checkpoints, one name per directory
+    for record in sorted(recorded_checkpoints(files)):
+        if not any(same_checkpoint(record, seen) for seen in made_with):
+            made_with.append(record)
     if args.ckpt is None and made_with:
         if len(made_with) > 1:
-            raise ValueError(f"{args.tokens}: tokens of several checkpoints ({', '.join(sorted(made_with))}); "
+            raise ValueError(f"{args.tokens}: tokens of several checkpoints ({', '.join(made_with)}); "
                              "decode them apart, or name one with --ckpt")
-        args.ckpt = made_with.pop()
+        args.ckpt = made_with[0]
         try:
             tok = _load(args)
         except FileNotFoundError as err:
@@ -244,11 +266,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              "name it with --ckpt") from None
     else:
         tok = _load(args)
-        for other in sorted(m for m in made_with if not same_checkpoint(m, args.ckpt or "shipped")):
+        for other in (m for m in made_with if not same_checkpoint(m, args.ckpt or "shipped")):
             log.warning("%s: the tokens record checkpoint %s; decoding them with %s",
                         args.tokens, other, args.ckpt or "shipped")
     summary = decode_files(tok, files, args.out, batch_size=args.batch_size, progress=not args.no_progress,
-                           report=lambda where, reason: print(f"ERROR {where}: {reason}", file=sys.stderr))
+                           report=lambda where, reason: print(named(f"ERROR {where}: {reason}"), file=sys.stderr))
     notes = [f"{len(summary.failures)} could not be decoded"] * bool(summary.failures) + [
         f"{summary.repeated} repeat an earlier path (written as NAME.recon-2.png, ...)"] * bool(summary.repeated)
     print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {shown(args.out)} in "
@@ -494,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "any was.")
     add_ckpt(o, "the one the tokens record (tokenize shards, encode --codes lines), else the shipped tiny "
                 "checkpoint")
-    o.add_argument("tokens", help="tokenize output folder, a shard-NNNNN.parquet file, or a JSON-lines file")
+    o.add_argument("tokens", help="tokenize output folder, a shard-NNNNN.parquet file, or a JSON-lines file "
+                   "('-': JSON lines from standard input)")
     o.add_argument("--out", required=True, help="directory for the PNGs, mirroring the images' folders "
                    "(STEM.recon.png, as encode --out)")
     o.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256, help="images per decoder pass")
