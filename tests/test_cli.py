@@ -173,13 +173,15 @@ def test_eval_with_guarantee_reports_the_promise(capsys):
     assert rows[0.12]["promised"] is True and rows[0.12]["meet_share"] == 0 and rows[0.12]["promise_p_value"] < 1e-9
 
 
-def test_eval_json(run_dir, capsys):
+def test_eval_json(run_dir, capsys, tmp_path):
     rc = main(["eval", "--ckpt", str(run_dir), "--device", "cpu", "--data", "shapes", "--num-images", "12",
-               "--epsilons", "0.05,0.1", "--json"])
+               "--epsilons", "0.05,0.1", "--json", "--per-image", str(tmp_path / "per.csv")])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert [r["epsilon"] for r in rep["epsilon_rows"]] == [0.05, 0.1]
     assert rep["num_images"] == 12 and rep["budget_rows"][-1]["budget"] == 8
+    lines = (tmp_path / "per.csv").read_text().splitlines()
+    assert lines[0].endswith("tokens@0.1,l1@0.1,meets@0.1") and len(lines) == 13 == len(rep["images"]) + 1
 
 
 def test_eval_by_source_names_the_test_photographs(run_dir, capsys):

@@ -70,3 +70,28 @@ def test_the_complexity_ranking_is_the_plain_single_pass_under_a_guarantee():
     plain = evaluate(tok, data, [0.05]).spearman_tokens_vs_png
     guaranteed = evaluate(tok, data, [0.12], guarantee=0.9).spearman_tokens_vs_png
     assert np.isfinite(plain) and guaranteed == pytest.approx(plain)
+
+
+def test_per_image_rows_add_up_to_the_table(model, tmp_path):
+    """eval --per-image: one CSV row per image whose tokens, l1 and meets average to the table's rows."""
+    import csv
+
+    from kolmotok.api import Tokenizer
+    from kolmotok.data import EvalSet
+    from kolmotok.evaluation.evaluate import evaluate, image_table_csv
+    from kolmotok.evaluation.metrics import png_bytes
+
+    tok = Tokenizer(model)
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    images[0] = 0.5  # a flat image next to noise: a spread of counts
+    data = EvalSet("shapes", images, labels=torch.arange(6.0))
+    rep = evaluate(tok, data, [0.05, 0.2], per_image=True)
+    rows = list(csv.DictReader(image_table_csv(rep).splitlines()))
+    assert [int(r["index"]) for r in rows] == list(range(6)) and [float(r["label"]) for r in rows] == list(range(6))
+    assert [int(r["png_bytes"]) for r in rows] == [png_bytes(im) for im in images]
+    for row in rep.epsilon_rows:
+        e = f"{row.epsilon:g}"
+        assert np.mean([int(r[f"tokens@{e}"]) for r in rows]) == pytest.approx(row.mean_tokens)
+        assert np.mean([float(r[f"l1@{e}"]) for r in rows]) == pytest.approx(row.l1, abs=1e-5)
+        assert np.mean([int(r[f"meets@{e}"]) for r in rows]) == pytest.approx(row.meet_share)
+    assert evaluate(tok, data, [0.05]).images == []

@@ -149,12 +149,16 @@ def _load(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import eval_set
-    from .evaluation.evaluate import evaluate, format_report
+    from .evaluation.evaluate import evaluate, format_report, image_table_csv
+    from .io import write_text
 
+    check_output(args.per_image, directory=False)
     tok = _load(args)
     data = eval_set(args.data, tok.image_size, args.num_images)
     report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, per_image=bool(args.per_image))
+    if args.per_image:
+        write_text(args.per_image, image_table_csv(report))
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -437,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by-source", action="store_true",
                    help="also per source: each photograph (photos:SPLIT) or subfolder (folder:PATH; '.' = files "
                         "directly in it), with the promise check per source under --guarantee")
+    e.add_argument("--per-image", metavar="FILE.csv",
+                   help="also write one CSV row per image: its name, label (shapes), PNG bytes, full-budget l1, "
+                        "and per eps its tokens, l1 and whether it met eps (also in the JSON report)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--out", help="also write the JSON report to this file")
     e.add_argument("--no-progress", action="store_true")

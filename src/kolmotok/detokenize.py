@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .api import Tokenizer, as_index
 from .data.images import mirrored_reconstruction_paths, reconstruction_paths, save_image
-from .tokenize import MANIFEST, RECORD, printable_path, pyarrow_modules
+from .io import printable_path
+from .tokenize import MANIFEST, RECORD, pyarrow_modules
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ TOKEN_SHAPE = ("image_size", "max_tokens", "token_format", "token_dim")  # metad
 
 
 def unescape_path(printable: str) -> str:
-    """Inverse of :func:`kolmotok.tokenize.printable_path`: each ``\\xNN`` of a byte >= 0x80 (never UTF-8 alone)
+    """Inverse of :func:`kolmotok.io.printable_path`: each ``\\xNN`` of a byte >= 0x80 (never UTF-8 alone)
     back to the surrogate escape Python uses for that byte of a file name."""
     return re.sub(r"\\x([89a-f][0-9a-f])", lambda m: chr(0xDC00 + int(m.group(1), 16)), printable)
 

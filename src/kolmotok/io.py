@@ -27,6 +27,12 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def printable_path(path: str) -> str:
+    """A path as UTF-8 text (Parquet strings, CSV, messages) can hold it: bytes of a file name
+    that are not UTF-8 (kept by Python as surrogate escapes) become ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def short_name(name: str, limit: int = 200) -> str:
     """``name`` cut to at most ``limit`` bytes at a character boundary, for a temporary name built
     from it that must fit where ``name`` itself just fits (file names hold 255 bytes)."""

@@ -39,7 +39,7 @@ from .api import Tokenizer, as_index
 from .checkpoint import checkpoint_record
 from .data import folder_path
 from .data.images import list_images, load_images
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, printable_path, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,6 @@ def rename_legacy_files(out: Path) -> None:
     for path in [out / LEGACY_PREFIX[0], *out.glob(f"{LEGACY_PREFIX[1]}*.jsonl")]:
         if path.is_file():
             path.replace(out / f"_{path.name}")
-
-
-def printable_path(relative: str) -> str:
-    """A relative path as Parquet's UTF-8 strings can hold it: bytes of the file name that are
-    not UTF-8 (kept by Python as surrogate escapes) become ``\\xNN``."""
-    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _check_count(name: str, value: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -13,6 +15,7 @@ from ..api import Tokenizer
 from ..calibration import promise_p_value
 from ..config import fixed_length_grid
 from ..data import EvalSet
+from ..io import printable_path
 from .metrics import l1_per_image, png_bytes, psnr_per_image, resample_baseline, spearman, ssim_per_image
 
 DEFAULT_EPSILONS = (0.02, 0.03, 0.05, 0.08, 0.12)
@@ -80,6 +83,18 @@ class SourceRow:
 
 
 @dataclass
+class ImageRow:
+    """One image of the evaluation set (eval --per-image): per eps of the report, in its order."""
+    index: int
+    name: str | None  # its file (folder:) or photograph (photos:)
+    label: float | None  # ground-truth complexity (shapes)
+    png_bytes: int
+    full_budget_l1: float
+    tokens: list[int]
+    l1: list[float]
+
+
+@dataclass
 class EvalReport:
     data: str
     num_images: int
@@ -94,16 +109,19 @@ class EvalReport:
     extra: dict = field(default_factory=dict)
     guarantee: float | None = None  # the eps rows were encoded with this calibrated guarantee
     by_source: list[SourceRow] = field(default_factory=list)  # filled when asked for (eval --by-source)
+    images: list[ImageRow] = field(default_factory=list)  # filled when asked for (eval --per-image)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsilon: float = 0.05,
-             guarantee: float | None = None, by_source: bool = False, progress: bool = False) -> EvalReport:
+             guarantee: float | None = None, by_source: bool = False, progress: bool = False,
+             per_image: bool = False) -> EvalReport:
     """The eval table; with ``guarantee`` the eps rows use the calibrated condition and say, per eps,
     whether the promise holds on these images (:func:`kolmotok.calibration.promise_p_value`).
-    ``by_source`` adds the same per source of the images (:attr:`EvalSet.sources`)."""
+    ``by_source`` adds the same per source of the images (:attr:`EvalSet.sources`), ``per_image``
+    one row per image (:class:`ImageRow`)."""
     calibration = None if guarantee is None else tok.calibration_for(guarantee)  # fails before any work
     if by_source and data.sources is None:
         raise ValueError(f"{data.name}: its images have no sources to break down by; "
@@ -148,7 +166,33 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
     return EvalReport(data.name, len(images), T, eps_rows, budget_rows, reference,
                       spearman(rank_lengths, png), rho_label, spearman_by_colour(images, rank_lengths, png),
                       guarantee=guarantee,
-                      by_source=source_rows(data.sources, eps_rows, per_eps, guarantee) if by_source else [])
+                      by_source=source_rows(data.sources, eps_rows, per_eps, guarantee) if by_source else [],
+                      images=image_rows(data, png, full, [per_eps[e] for e in epsilons]) if per_image else [])
+
+
+def image_rows(data: EvalSet, png: np.ndarray, full: Reconstructions, per_eps: list[Reconstructions]
+               ) -> list[ImageRow]:
+    labels = data.labels.tolist() if data.labels is not None else [None] * len(png)
+    names = data.names or [None] * len(png)
+    return [ImageRow(i, names[i], labels[i], int(png[i]), float(full.l1[i]), [int(r.lengths[i]) for r in per_eps],
+                     [float(r.l1[i]) for r in per_eps]) for i in range(len(png))]
+
+
+def image_table_csv(rep: EvalReport) -> str:
+    """:attr:`EvalReport.images` as CSV: index, name, label, png_bytes, full_budget_l1, then per
+    eps tokens@EPS, l1@EPS and meets@EPS (1 if the image met eps, else 0)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    eps = [f"{r.epsilon:g}" for r in rep.epsilon_rows]
+    writer.writerow(["index", "name", "label", "png_bytes", "full_budget_l1"]
+                    + [f"{k}@{e}" for e in eps for k in ("tokens", "l1", "meets")])
+    for row in rep.images:
+        name, label = ("" if x is None else x for x in (row.name, row.label))
+        cells = [row.index, printable_path(name), label, row.png_bytes, f"{row.full_budget_l1:.5f}"]
+        for r, n, err in zip(rep.epsilon_rows, row.tokens, row.l1):
+            cells += [n, f"{err:.5f}", int(err <= r.epsilon)]
+        writer.writerow(cells)
+    return out.getvalue()
 
 
 def source_rows(sources: list[str], eps_rows: list[EpsilonRow], per_eps: dict[float, Reconstructions],
