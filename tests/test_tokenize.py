@@ -350,3 +350,28 @@ def test_decode_reads_json_lines_from_standard_input(tmp_path, checkpoint, capsy
     assert main(["decode", "-", "--out", str(tmp_path / "d"), "--no-progress"]) == 1
     assert "ERROR <stdin> line 2 (b.png): " in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "d").rglob("*.png")] == ["a.recon.png"]
+
+
+def test_the_whole_output_is_summarised_with_the_promise_check(tok, folder, tmp_path, capsys):
+    """Monitoring: after tokenize, the share meeting eps over every shard, and with a guarantee
+    the binomial check of the promise on these images."""
+    from kolmotok.calibration import promise_p_value
+    from kolmotok.cli import format_output_stats
+    from kolmotok.tokenize import output_stats
+
+    out = tmp_path / "tokens"
+    tokenize_folder(tok, folder, out, 0.2, shard_size=4, with_error=True, progress=False)
+    l1 = kolmotok.read_tokens(out).column("l1").to_pylist()
+    stats = output_stats(out, 0.2, None)
+    assert (stats.images, stats.measured, stats.met) == (11, 11, sum(e <= 0.2 for e in l1))
+    assert f"{100 * stats.met / 11:.1f}% met eps 0.2" in format_output_stats(stats, 0.2, None)
+    # a guarantee promised for 40 images of which 30 met eps (a hand-made shard)
+    made = tmp_path / "made"
+    made.mkdir()
+    pq.write_table(pa.table({"path": [f"{i}.png" for i in range(50)], "length": [3] * 50, "codes": [[1]] * 50,
+                             "l1": [0.01] * 30 + [0.5] * 20, "guaranteed": [True] * 40 + [False] * 10}),
+                   made / "shard-00000.parquet")
+    stats = output_stats(made, 0.05, 0.9)
+    assert (stats.promised, stats.promised_met) == (40, 30)
+    assert stats.promise_p_value == pytest.approx(promise_p_value(30, 40, 0.9))
+    assert "ALARM" in format_output_stats(stats, 0.05, 0.9)

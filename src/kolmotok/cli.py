@@ -353,7 +353,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from .api import load
     from .checkpoint import checkpoint_label
-    from .tokenize import tokenize_folder
+    from .tokenize import output_stats, tokenize_folder
     from .training.distributed import init_distributed
 
     if not args.data.startswith("folder:"):
@@ -369,7 +369,26 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     print(f"rank {ddp.rank}: {summary.images} images in {summary.shards_written} new shards "
           f"({summary.shards_skipped} already complete), {summary.failures} unreadable, "
           f"{summary.seconds:.1f} s, {rate:.0f} images/s; output {args.out}")
+    if ddp.rank == 0:
+        print(format_output_stats(output_stats(args.out, args.epsilon, args.guarantee), args.epsilon, args.guarantee))
     return 0
+
+
+def format_output_stats(stats, epsilon: float, guarantee: float | None) -> str:
+    """The whole output in one line: tokens, share meeting eps, and the promise check (monitoring)."""
+    from .evaluation.evaluate import PROMISE_ALARM
+
+    line = f"all shards: {stats.images} images, {stats.mean_tokens:.2f} tokens on average"
+    if not stats.measured:
+        return line + " (--with-error also measures how many meet eps)"
+    line += f"; {100 * stats.met / stats.measured:.1f}% met eps {epsilon:g}"
+    if stats.promise_p_value is None:
+        return line + ("" if guarantee is None else f"; no promise at eps {epsilon:g} (outside the calibration)")
+    share = 100 * stats.promised_met / stats.promised
+    verdict = (f"< {PROMISE_ALARM:g}: ALARM, the promise fails on these images; recalibrate on data like them"
+               if stats.promise_p_value < PROMISE_ALARM else "(no alarm)")
+    return line + (f"; guarantee {guarantee:g}: {share:.1f}% of {stats.promised} met it, "
+                   f"p = {stats.promise_p_value:.3g} {verdict}")
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

@@ -234,6 +234,36 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
     return TokenizeSummary(n_images, n_fail, len(todo), len(mine) - len(todo), time.time() - t0)
 
 
+@dataclass
+class OutputStats:
+    """A whole tokenize output, every shard whichever run or rank wrote it (monitoring)."""
+    images: int
+    mean_tokens: float
+    measured: int  # images with their achieved l1 recorded (--with-error)
+    met: int  # ... of which met eps
+    promised: int  # with a guarantee: images it was promised for, with l1 recorded
+    promised_met: int
+    promise_p_value: float | None  # P(so few met) were the promise true; None where nothing was promised
+
+
+def output_stats(out: str | Path, epsilon: float, guarantee: float | None) -> OutputStats:
+    """Tokens and, where the shards hold ``l1``, the share meeting eps; with a guarantee the
+    binomial check of the promise on these images (:func:`kolmotok.calibration.promise_p_value`)."""
+    from .calibration import promise_p_value
+
+    table = read_tokens(out)
+    names = set(table.column_names)
+    lengths = table.column("length").to_pylist()
+    l1 = table.column("l1").to_pylist() if "l1" in names else []
+    met = [e <= epsilon for e in l1]
+    promised = table.column("guaranteed").to_pylist() if "guaranteed" in names and l1 else []
+    promised_met = sum(m for m, p in zip(met, promised) if p)
+    p_value = (promise_p_value(promised_met, sum(promised), guarantee)
+               if guarantee is not None and any(promised) else None)
+    return OutputStats(len(lengths), sum(lengths) / max(1, len(lengths)), len(l1), sum(met), sum(promised),
+                       promised_met, p_value)
+
+
 # ------------------------------------------------------------------ reading back
 def read_tokens(directory: str | Path):
     """All shards of a ``kolmotok tokenize`` output as one pyarrow Table (columns path, length,
