@@ -251,12 +251,16 @@ def output_stats(out: str | Path, epsilon: float, guarantee: float | None) -> Ou
     binomial check of the promise on these images (:func:`kolmotok.calibration.promise_p_value`)."""
     from .calibration import promise_p_value
 
-    table = read_tokens(out)
-    names = set(table.column_names)
-    lengths = table.column("length").to_pylist()
-    l1 = table.column("l1").to_pylist() if "l1" in names else []
+    _, pq = pyarrow_modules()
+    columns: dict[str, list] = {"length": [], "l1": [], "guaranteed": []}
+    for shard in sorted(Path(out).glob("shard-*.parquet")):  # the columns it needs, never the codes
+        present = set(pq.read_schema(shard).names)
+        table = pq.read_table(shard, columns=[c for c in columns if c in present])
+        for name in table.column_names:
+            columns[name] += table.column(name).to_pylist()
+    lengths, l1 = columns["length"], columns["l1"]
     met = [e <= epsilon for e in l1]
-    promised = table.column("guaranteed").to_pylist() if "guaranteed" in names and l1 else []
+    promised = columns["guaranteed"] if l1 else []
     promised_met = sum(m for m, p in zip(met, promised) if p)
     p_value = (promise_p_value(promised_met, sum(promised), guarantee)
                if guarantee is not None and any(promised) else None)
