@@ -371,7 +371,12 @@ def test_the_whole_output_is_summarised_with_the_promise_check(tok, folder, tmp_
     pq.write_table(pa.table({"path": [f"{i}.png" for i in range(50)], "length": [3] * 50, "codes": [[1]] * 50,
                              "l1": [0.01] * 30 + [0.5] * 20, "guaranteed": [True] * 40 + [False] * 10}),
                    made / "shard-00000.parquet")
+    # and a shard of an earlier version, without the guaranteed column: counted, but not in the promise check
+    pq.write_table(pa.table({"path": ["x.png", "y.png"], "length": [1, 1], "codes": [[1]] * 2, "l1": [0.5, 0.5]}),
+                   made / "shard-00001.parquet")
     stats = output_stats(made, 0.05, 0.9)
-    assert (stats.promised, stats.promised_met) == (40, 30)
+    assert (stats.images, stats.measured, stats.met, stats.promised, stats.promised_met) == (52, 52, 30, 40, 30)
     assert stats.promise_p_value == pytest.approx(promise_p_value(30, 40, 0.9))
     assert "ALARM" in format_output_stats(stats, 0.05, 0.9)
+    assert "ALARM" not in format_output_stats(stats, 0.05, 0.9, verified=True)  # --verify re-encoded the misses
+    assert format_output_stats(stats, 0.0, None).endswith("(fixed-length mode)")

@@ -157,12 +157,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = eval_set(args.data, tok.image_size, args.num_images)
     report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source,
                       progress=not args.no_progress, per_image=bool(args.per_image))
-    if args.per_image:
-        write_text(args.per_image, image_table_csv(report))
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
         print(format_report(report))
+    if args.per_image:
+        write_text(args.per_image, image_table_csv(report))
     if args.out:
         from .io import write_json
 
@@ -252,7 +252,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace, files: list[Path], named) -> int:
     from .checkpoint import same_checkpoint
-    from .detokenize import decode_files, recorded_checkpoints, shown
+    from .detokenize import decode_files, recorded_checkpoints
+    from .io import one_line
 
     made_with: list[str] = []  # the recorded checkpoints, one name per directory
     for record in sorted(recorded_checkpoints(files)):
@@ -277,7 +278,7 @@ def _decode(args: argparse.Namespace, files: list[Path], named) -> int:
                            report=lambda where, reason: print(named(f"ERROR {where}: {reason}"), file=sys.stderr))
     notes = [f"{len(summary.failures)} could not be decoded"] * bool(summary.failures) + [
         f"{summary.repeated} repeat an earlier path (written as NAME.recon-2.png, ...)"] * bool(summary.repeated)
-    print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {shown(args.out)} in "
+    print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {one_line(args.out)} in "
           f"{summary.seconds:.1f} s" + (f"; {'; '.join(notes)}" if notes else ""))
     return 1 if summary.failures else 0
 
@@ -370,18 +371,23 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
           f"({summary.shards_skipped} already complete), {summary.failures} unreadable, "
           f"{summary.seconds:.1f} s, {rate:.0f} images/s; output {args.out}")
     if ddp.rank == 0:
-        print(format_output_stats(output_stats(args.out, args.epsilon, args.guarantee), args.epsilon, args.guarantee))
+        print(format_output_stats(output_stats(args.out, args.epsilon, args.guarantee), args.epsilon, args.guarantee,
+                                  args.verify))
     return 0
 
 
-def format_output_stats(stats, epsilon: float, guarantee: float | None) -> str:
+def format_output_stats(stats, epsilon: float, guarantee: float | None, verified: bool = False) -> str:
     """The whole output in one line: tokens, share meeting eps, and the promise check (monitoring)."""
     from .evaluation.evaluate import PROMISE_ALARM
 
     line = f"all shards: {stats.images} images, {stats.mean_tokens:.2f} tokens on average"
+    if not stats.images or epsilon == 0:
+        return line + (" (fixed-length mode)" if stats.images else "")
     if not stats.measured:
         return line + " (--with-error also measures how many meet eps)"
     line += f"; {100 * stats.met / stats.measured:.1f}% met eps {epsilon:g}"
+    if verified:  # the misses were re-encoded: the single pass's promise is not what was measured
+        return line + " after --verify" + ("; the promise check needs a run without --verify" if guarantee else "")
     if stats.promise_p_value is None:
         return line + ("" if guarantee is None else f"; no promise at eps {epsilon:g} (outside the calibration)")
     share = 100 * stats.promised_met / stats.promised

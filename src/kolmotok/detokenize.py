@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .api import Tokenizer, as_index
 from .data.images import mirrored_reconstruction_paths, reconstruction_paths, save_image
-from .io import printable_path
+from .io import one_line
 from .tokenize import MANIFEST, RECORD, pyarrow_modules
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def decode_files(tok: Tokenizer, source: str | Path | list[Path], out: str | Pat
                 batch = [(row, dest) for row, dest in zip(file_rows[start:start + batch_size],
                                                           file_dests[start:start + batch_size]) if not row.unread]
                 for (row, dest), image in zip(batch, _decode_rows(tok, [row for row, _ in batch])):
-                    where = f"{row.where} ({shown(row.path)})" if row.path else row.where
+                    where = f"{row.where} ({one_line(row.path)})" if row.path else row.where
                     if isinstance(image, str):
                         fail(where, image)
                         continue
@@ -291,14 +291,9 @@ def decode_files(tok: Tokenizer, source: str | Path | list[Path], out: str | Pat
                         save_image(image, dest)
                         written += 1
                     except (OSError, ValueError) as err:
-                        fail(where, f"cannot write {shown(str(dest))} ({getattr(err, 'strerror', None) or err})")
+                        fail(where, f"cannot write {one_line(str(dest))} ({getattr(err, 'strerror', None) or err})")
                 bar.update(min(batch_size, len(file_rows) - start))
     return DecodeSummary(written, failures, repeated, time.time() - t0)
-
-
-def shown(path: str) -> str:
-    """A path as one message line can show it: undecodable bytes and control characters escaped."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in printable_path(path))
 
 
 def _decode_rows(tok: Tokenizer, rows: list[TokenRow]) -> list[torch.Tensor | str]:

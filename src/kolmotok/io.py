@@ -33,6 +33,12 @@ def printable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def one_line(path: str) -> str:
+    """A path as one line of text shows it (messages, CSV cells): :func:`printable_path`, and
+    control characters (newlines, carriage returns, NUL) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in printable_path(path))
+
+
 def short_name(name: str, limit: int = 200) -> str:
     """``name`` cut to at most ``limit`` bytes at a character boundary, for a temporary name built
     from it that must fit where ``name`` itself just fits (file names hold 255 bytes)."""
@@ -67,4 +73,4 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

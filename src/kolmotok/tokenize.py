@@ -248,24 +248,28 @@ class OutputStats:
 
 def output_stats(out: str | Path, epsilon: float, guarantee: float | None) -> OutputStats:
     """Tokens and, where the shards hold ``l1``, the share meeting eps; with a guarantee the
-    binomial check of the promise on these images (:func:`kolmotok.calibration.promise_p_value`)."""
+    binomial check of the promise on the images it was promised for (shards of earlier versions
+    without ``guaranteed`` are left out of it) (:func:`kolmotok.calibration.promise_p_value`).
+    Counted shard by shard, from the columns it needs, never the codes."""
     from .calibration import promise_p_value
 
     _, pq = pyarrow_modules()
-    columns: dict[str, list] = {"length": [], "l1": [], "guaranteed": []}
-    for shard in sorted(Path(out).glob("shard-*.parquet")):  # the columns it needs, never the codes
+    images = tokens = measured = met = promised = promised_met = 0
+    for shard in sorted(Path(out).glob("shard-*.parquet")):
         present = set(pq.read_schema(shard).names)
-        table = pq.read_table(shard, columns=[c for c in columns if c in present])
-        for name in table.column_names:
-            columns[name] += table.column(name).to_pylist()
-    lengths, l1 = columns["length"], columns["l1"]
-    met = [e <= epsilon for e in l1]
-    promised = columns["guaranteed"] if l1 else []
-    promised_met = sum(m for m, p in zip(met, promised) if p)
-    p_value = (promise_p_value(promised_met, sum(promised), guarantee)
-               if guarantee is not None and any(promised) else None)
-    return OutputStats(len(lengths), sum(lengths) / max(1, len(lengths)), len(l1), sum(met), sum(promised),
-                       promised_met, p_value)
+        table = pq.read_table(shard, columns=[c for c in ("length", "l1", "guaranteed") if c in present])
+        lengths = table.column("length").to_pylist()
+        images, tokens = images + len(lengths), tokens + sum(lengths)
+        if "l1" not in present:
+            continue
+        ok = [e <= epsilon for e in table.column("l1").to_pylist()]
+        measured, met = measured + len(ok), met + sum(ok)
+        if "guaranteed" in present:
+            flags = table.column("guaranteed").to_pylist()
+            promised += sum(flags)
+            promised_met += sum(m for m, g in zip(ok, flags) if g)
+    p_value = promise_p_value(promised_met, promised, guarantee) if guarantee is not None and promised else None
+    return OutputStats(images, tokens / max(1, images), measured, met, promised, promised_met, p_value)
 
 
 # ------------------------------------------------------------------ reading back

@@ -15,7 +15,7 @@ from ..api import Tokenizer
 from ..calibration import promise_p_value
 from ..config import fixed_length_grid
 from ..data import EvalSet
-from ..io import printable_path
+from ..io import one_line
 from .metrics import l1_per_image, png_bytes, psnr_per_image, resample_baseline, spearman, ssim_per_image
 
 DEFAULT_EPSILONS = (0.02, 0.03, 0.05, 0.08, 0.12)
@@ -173,7 +173,7 @@ def evaluate(tok: Tokenizer, data: EvalSet, epsilons=DEFAULT_EPSILONS, rank_epsi
 def image_rows(data: EvalSet, png: np.ndarray, full: Reconstructions, per_eps: list[Reconstructions]
                ) -> list[ImageRow]:
     labels = data.labels.tolist() if data.labels is not None else [None] * len(png)
-    names = data.names or [None] * len(png)
+    names = [one_line(n) for n in data.names] if data.names else [None] * len(png)  # UTF-8, one line each
     return [ImageRow(i, names[i], labels[i], int(png[i]), float(full.l1[i]), [int(r.lengths[i]) for r in per_eps],
                      [float(r.l1[i]) for r in per_eps]) for i in range(len(png))]
 
@@ -188,7 +188,7 @@ def image_table_csv(rep: EvalReport) -> str:
                     + [f"{k}@{e}" for e in eps for k in ("tokens", "l1", "meets")])
     for row in rep.images:
         name, label = ("" if x is None else x for x in (row.name, row.label))
-        cells = [row.index, printable_path(name), label, row.png_bytes, f"{row.full_budget_l1:.5f}"]
+        cells = [row.index, name, label, row.png_bytes, f"{row.full_budget_l1:.5f}"]
         for r, n, err in zip(rep.epsilon_rows, row.tokens, row.l1):
             cells += [n, f"{err:.5f}", int(err <= r.epsilon)]
         writer.writerow(cells)
