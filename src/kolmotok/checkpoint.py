@@ -106,8 +106,13 @@ DEFAULT_CHECKPOINT = "tiny"
 SHIPPED_PREFIX = "shipped"  # "shipped" or "shipped:NAME" names a checkpoint inside the installed package
 
 
+def _shipped_root() -> Path:
+    """The folder inside the installed package that holds the shipped checkpoints."""
+    return Path(str(resources.files("kolmotok") / "weights"))
+
+
 def shipped_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
-    path = Path(str(resources.files("kolmotok") / "weights" / name))
+    path = _shipped_root() / name
     if not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"the shipped checkpoint {name!r} is missing from the installed package ({path})")
     return path
@@ -137,7 +142,7 @@ def checkpoint_record(directory: str | Path | None) -> str | None:
     if directory is None:
         return None
     directory = Path(directory).resolve()
-    if directory.parent == Path(str(resources.files("kolmotok") / "weights")).resolve():
+    if directory.parent == _shipped_root().resolve():
         return f"{SHIPPED_PREFIX}:{directory.name}"
     return str(directory)
 

@@ -378,7 +378,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def format_output_stats(stats, epsilon: float, guarantee: float | None, verified: bool = False) -> str:
     """The whole output in one line: tokens, share meeting eps, and the promise check (monitoring)."""
-    from .evaluation.evaluate import PROMISE_ALARM
+    from .evaluation.evaluate import promise_verdict
 
     line = f"all shards: {stats.images} images, {stats.mean_tokens:.2f} tokens on average"
     if not stats.images or epsilon == 0:
@@ -391,10 +391,8 @@ def format_output_stats(stats, epsilon: float, guarantee: float | None, verified
     if stats.promise_p_value is None:
         return line + ("" if guarantee is None else f"; no promise at eps {epsilon:g} (outside the calibration)")
     share = 100 * stats.promised_met / stats.promised
-    verdict = (f"< {PROMISE_ALARM:g}: ALARM, the promise fails on these images; recalibrate on data like them"
-               if stats.promise_p_value < PROMISE_ALARM else "(no alarm)")
     return line + (f"; guarantee {guarantee:g}: {share:.1f}% of {stats.promised} met it, "
-                   f"p = {stats.promise_p_value:.3g} {verdict}")
+                   f"p = {stats.promise_p_value:.3g} {promise_verdict(stats.promise_p_value)}")
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

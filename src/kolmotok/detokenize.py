@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath, PurePosixPath
 
 import torch
@@ -25,11 +25,9 @@ from tqdm.auto import tqdm
 from .api import Tokenizer, as_index
 from .data.images import mirrored_reconstruction_paths, reconstruction_paths, save_image
 from .io import one_line
-from .tokenize import MANIFEST, RECORD, pyarrow_modules
+from .tokenize import MANIFEST, RECORD, pyarrow_modules, shard_files, token_shape
 
 log = logging.getLogger(__name__)
-
-TOKEN_SHAPE = ("image_size", "max_tokens", "token_format", "token_dim")  # metadata decode checks
 
 
 def unescape_path(printable: str) -> str:
@@ -43,7 +41,7 @@ def token_files(source: str | Path) -> list[Path]:
     or a JSON-lines file from ``kolmotok encode --json --codes``."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(source.glob("shard-*.parquet"))
+        files = shard_files(source)
         if not files:
             raise ValueError(f"{source}: no shard-*.parquet files in it (the output of kolmotok tokenize)")
         planned = _planned(source)
@@ -119,15 +117,15 @@ def read_rows(file: Path) -> list[TokenRow]:
     if file.suffix != ".parquet":
         return _json_rows(file)
     _, pq = pyarrow_modules()
+    columns = ["path", "length", "codes"]
     try:
-        missing = {"path", "length", "codes"} - set(pq.read_schema(file).names)
-        if missing:
-            raise ValueError(f"{file}: not a kolmotok token shard (no {', '.join(sorted(missing))} column)")
-        table = pq.read_table(file, columns=["path", "length", "codes"])
-    except ValueError:
-        raise
+        present = set(pq.read_schema(file).names)
+        table = pq.read_table(file, columns=columns) if present.issuperset(columns) else None
     except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         raise ValueError(f"{file}: not a readable token shard ({err})") from None
+    if table is None:
+        missing = ", ".join(sorted(set(columns) - present))
+        raise ValueError(f"{file}: not a kolmotok token shard (no {missing} column)")
     rows = []
     for i, (path, length, codes) in enumerate(zip(*(table.column(k).to_pylist() for k in ("path", "length", "codes")))):
         row = _row(f"{file} row {i + 1}", {"path": unescape_path(path) if path else path,
@@ -185,9 +183,8 @@ def check_token_shape(file: Path, tok: Tokenizer) -> None:
     if file.suffix != ".parquet":
         return
     recorded = _shard_metadata(file)
-    own = {"image_size": tok.image_size, "max_tokens": tok.max_tokens,
-           "token_format": "codes" if tok.discrete else "vectors", "token_dim": tok.model.cfg.code_dim}
-    differ = [f"{k} {recorded[k]} (model: {own[k]})" for k in TOKEN_SHAPE if k in recorded and recorded[k] != own[k]]
+    differ = [f"{k} {recorded[k]} (model: {v})" for k, v in token_shape(tok).items()
+              if k in recorded and recorded[k] != v]
     if differ:
         raise ValueError(f"{file}: tokens of a model of another shape: {', '.join(differ)}")
 
@@ -250,15 +247,12 @@ def decode_files(tok: Tokenizer, source: str | Path | list[Path], out: str | Pat
         failures.append((where, reason))
         (report or (lambda w, r: log.error("%s: %s", w, r)))(where, reason)
 
-    def rows_of(file: Path) -> list[TokenRow]:
-        check_token_shape(file, tok)
-        return read_rows(file)
-
     rows: list[list[TokenRow]] = []  # a first pass for the names (codes dropped): they depend on every row's path
     refused: list[tuple[str, str]] = []
     for file in files:
         try:
-            rows.append([TokenRow(r.where, r.path, None, r.problem, cwd=r.cwd, unread=r.unread) for r in rows_of(file)])
+            check_token_shape(file, tok)
+            rows.append([replace(r, codes=None) for r in read_rows(file)])
         except ValueError as err:
             rows.append([])
             refused.append((str(file), str(err).removeprefix(f"{file}: ")))
@@ -275,7 +269,7 @@ def decode_files(tok: Tokenizer, source: str | Path | list[Path], out: str | Pat
                 fail(str(file), refused_files[str(file)])
                 continue
             try:
-                file_rows = rows_of(file)
+                file_rows = read_rows(file)  # (its shape was checked in the first pass)
             except ValueError as err:  # changed since the first pass
                 fail(str(file), str(err).removeprefix(f"{file}: "))
                 continue

@@ -62,6 +62,17 @@ def shard_path(out: Path, index: int) -> Path:
     return out / f"shard-{index:05d}.parquet"
 
 
+def shard_files(out: str | Path) -> list[Path]:
+    """The shards of a tokenize output, in order."""
+    return sorted(Path(out).glob("shard-*.parquet"))
+
+
+def token_shape(tok: Tokenizer) -> dict:
+    """What a model's tokens look like, as the shards' metadata records it (decode checks it)."""
+    return {"image_size": tok.image_size, "max_tokens": tok.max_tokens,
+            "token_format": "codes" if tok.discrete else "vectors", "token_dim": tok.model.cfg.code_dim}
+
+
 def errors_path(out: Path, index: int) -> Path:
     return out / f"_errors-{index:05d}.jsonl"
 
@@ -216,9 +227,7 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
     from . import __version__
 
     metadata = {**settings, RECORD: checkpoint_record(tok.path), "root": str(root.resolve()),
-                "kolmotok_version": __version__, "image_size": tok.image_size,
-                "max_tokens": tok.max_tokens, "token_format": "codes" if tok.discrete else "vectors",
-                "token_dim": tok.model.cfg.code_dim}
+                "kolmotok_version": __version__, **token_shape(tok)}
     mine = [i for i in range(len(shards.shards)) if i % world == rank]
     todo = [i for i in mine if not shard_complete(out, i, shards.shards[i])]
     total = sum(len(shards.shards[i]) for i in todo)
@@ -255,7 +264,7 @@ def output_stats(out: str | Path, epsilon: float, guarantee: float | None) -> Ou
 
     _, pq = pyarrow_modules()
     images = tokens = measured = met = promised = promised_met = 0
-    for shard in sorted(Path(out).glob("shard-*.parquet")):
+    for shard in shard_files(out):
         present = set(pq.read_schema(shard).names)
         table = pq.read_table(shard, columns=[c for c in ("length", "l1", "guaranteed") if c in present])
         lengths = table.column("length").to_pylist()
@@ -278,7 +287,7 @@ def read_tokens(directory: str | Path):
     codes[, l1, guaranteed, reencoded]); ``.to_pandas()`` for pandas. The shards also open directly in polars, DuckDB
     or HF datasets (``directory/shard-*.parquet``)."""
     pa, pq = pyarrow_modules()
-    files = sorted(Path(directory).glob("shard-*.parquet"))
+    files = shard_files(directory)
     if not files:
         raise FileNotFoundError(f"{directory}: no shard-*.parquet files")
     tables = [pq.read_table(f) for f in files]

@@ -22,6 +22,13 @@ DEFAULT_EPSILONS = (0.02, 0.03, 0.05, 0.08, 0.12)
 PROMISE_ALARM = 0.01  # p-value below which eval reports that a guarantee fails on the data
 
 
+def promise_verdict(p_value: float) -> str:
+    """What a promise check's p-value says, as eval and tokenize print it."""
+    if p_value < PROMISE_ALARM:
+        return f"< {PROMISE_ALARM:g}: ALARM, the promise fails on these images; recalibrate on data like them"
+    return f"(no alarm: not below {PROMISE_ALARM:g})"
+
+
 @dataclass
 class Reconstructions:
     lengths: torch.Tensor  # (N,)
@@ -247,9 +254,8 @@ def format_report(rep: EvalReport) -> str:
         for r in rep.epsilon_rows:
             lines.append(f"   eps {r.epsilon:5.3f}: " + (
                 "not promised (beyond what the calibration images reach)" if not r.promised else
-                f"met by {100 * r.meet_share:.1f}%; P(so few | promise holds) = {r.promise_p_value:.3g}"
-                + (f" < {PROMISE_ALARM:g}: ALARM, the promise fails on these images; recalibrate on data like them"
-                   if r.promise_p_value < PROMISE_ALARM else f" (no alarm: not below {PROMISE_ALARM:g})")))
+                f"met by {100 * r.meet_share:.1f}%; P(so few | promise holds) = {r.promise_p_value:.3g} "
+                + promise_verdict(r.promise_p_value)))
     if rep.by_source:
         lines += format_sources(rep)
     lines += ["", " fixed length (eps = 0) | l1     | PSNR  | SSIM", "------------------------+--------+-------+------"]
