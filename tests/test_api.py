@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import kolmotok
-from conftest import small_config
+from conftest import HALTING_TOY, halting_toy, small_config, smooth_images
 from kolmotok.api import Tokenizer
 from kolmotok.checkpoint import load_model, save_checkpoint
 from kolmotok.config import to_dict
@@ -43,9 +43,38 @@ def test_fixed_length_mode_keeps_exactly_budget(tok, images):
     assert enc.tokens.shape[1] == 3
 
 
-def test_per_image_epsilon(tok, images):
-    enc = tok.encode(images, epsilon=[0.0, 0.1, 0.0, 0.1, 0.0], budget=4)
-    assert enc.lengths[0] == 4 and enc.lengths[2] == 4
+def test_per_image_epsilon(halting_model, varied_images):
+    tok, images = Tokenizer(halting_model), varied_images[:6]
+    eps = [0.0, 0.15, 0.0, 0.1, 0.0, 0.3]
+    enc = tok.encode(images, epsilon=eps, budget=8)
+    assert enc.lengths[[0, 2, 4]].tolist() == [8, 8, 8]
+    for i, e in enumerate(eps):  # each image as if encoded alone at its own target
+        assert enc.lengths[i] == tok.encode(images[i:i + 1], epsilon=e, budget=8).lengths[0]
+    assert enc.lengths[[1, 3, 5]].max() < 8 and len(enc.lengths[[1, 3, 5]].unique()) == 3
+
+
+def test_one_encoder_and_one_decoder_pass_per_batch(halting_model, varied_images, monkeypatch):
+    """Counted, not reported: tok.encode runs the encoder once and tok.decode the decoder
+    once per batch, whatever eps is (the images keep different counts)."""
+    tok, model = Tokenizer(halting_model), halting_model
+    calls = {"encode": 0, "decode": 0}
+
+    def counted(name):
+        inner = getattr(model, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return inner(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(model, "encode", counted("encode"))
+    monkeypatch.setattr(model, "decode", counted("decode"))
+    for eps in (0.0, 0.05, 0.1, 0.15, [0.0, 0.3] * 8):
+        calls.update(encode=0, decode=0)
+        enc = tok.encode(varied_images, epsilon=eps)
+        tok.decode(enc)
+        assert calls == {"encode": 1, "decode": 1}, eps
+    assert len(tok.encode(varied_images, epsilon=0.1).lengths.unique()) > 1
 
 
 @pytest.mark.parametrize("eps", [-0.1, math.nan, math.inf, [0.1, 0.2], "abc", None, ["0.1"], [], True,
@@ -218,14 +247,25 @@ def test_load_images_rejects_what_is_not_a_path(tok, paths, match):
         tok.load_images(paths)
 
 
-def test_save_load_round_trip(tmp_path, model, cfg, images):
+@pytest.mark.parametrize("quantizer", ["continuous", "fsq"])
+def test_save_load_round_trip(tmp_path, varied_images, quantizer):
+    """Every weight (halting head included), the calibration and hence every output come back."""
+    extra = (f"model.quantizer={quantizer}",)
+    model, cfg = halting_toy(*extra), small_config(*HALTING_TOY, *extra)
     save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
-    loaded, meta = load_model(tmp_path / "ck")
-    a, b = Tokenizer(model), Tokenizer(loaded)
-    ea, eb = a.encode(images, 0.05), b.encode(images, 0.05)
-    assert torch.equal(ea.lengths, eb.lengths) and torch.equal(ea.tokens, eb.tokens)
-    assert torch.equal(a.decode(ea), b.decode(eb))
-    assert meta["step"] == 0
+    a = Tokenizer(model)
+    a.calibrate(smooth_images(40, 2), alpha=0.2)
+    a.save_calibration(tmp_path / "ck")
+    b = kolmotok.load(tmp_path / "ck", device="cpu")
+    sa, sb = model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert b.calibrations.keys() == a.calibrations.keys() and b.calibrations[0.2] == a.calibrations[0.2]
+    for guarantee in (None, 0.8):
+        ea, eb = a.encode(varied_images, 0.15, guarantee=guarantee), b.encode(varied_images, 0.15, guarantee=guarantee)
+        assert len(ea.lengths.unique()) > 2, "outputs that depend on the halting weights"
+        assert torch.equal(ea.lengths, eb.lengths) and torch.equal(ea.tokens, eb.tokens)
+        assert torch.equal(ea.condition, eb.condition) and torch.equal(a.decode(ea), b.decode(eb))
+    assert b.discrete == (quantizer == "fsq") and b.meta["step"] == 0
 
 
 def test_shipped_checkpoint_by_name(tmp_path, monkeypatch):

@@ -6,22 +6,23 @@ import re
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import HALTING_TOY, halting_toy, small_config, smooth_images
 from kolmotok.api import load
 from kolmotok.checkpoint import save_checkpoint
 from kolmotok.cli import main
 from kolmotok.config import to_dict
 from kolmotok.evaluation.bench import build_methods, check_claims, run_bench
-from kolmotok.evaluation.methods import CodecMethod, shortest_meeting
+from kolmotok.evaluation.methods import CodecMethod, codec_roundtrip, shortest_meeting, to_uint8
 from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.models import KARLTokenizer
 
 
-def _save_random(path, *overrides):
+def _save_random(path, *overrides, model=None):
     cfg = small_config(*overrides)
-    torch.manual_seed(0)
-    model = KARLTokenizer(cfg.model)
-    model.init_linear_path(torch.rand(64, 3, 16, 16))
+    if model is None:
+        torch.manual_seed(0)
+        model = KARLTokenizer(cfg.model)
+        model.init_linear_path(torch.rand(64, 3, 16, 16))
     save_checkpoint(path, model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
     return path
 
@@ -29,7 +30,7 @@ def _save_random(path, *overrides):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    _save_random(root / "karl")
+    _save_random(root / "karl", *HALTING_TOY, model=halting_toy())  # a KARL model that halts
     base = root / "baselines"
     _save_random(base / "prefix", "objective.kind=prefix")
     _save_random(base / "recurrent", "objective.kind=recurrent", "model.recurrent_step=2")
@@ -45,7 +46,7 @@ def methods(checkpoints):
                          checkpoints / "baselines")
 
 
-IMAGES = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+IMAGES = smooth_images(6, 3)
 
 
 def test_every_method_through_the_shared_interface(methods):
@@ -62,9 +63,10 @@ def test_every_method_through_the_shared_interface(methods):
 
 def test_karl_is_one_pass_and_fixed_keeps_its_length(methods):
     by = {m.name: m for m in methods}
-    for eps in (0.01, 0.1, 0.5):
+    for eps in (0.01, 0.1, 0.15, 0.5):
         out = by["karl"].at_epsilon(IMAGES, eps)
         assert out.encoder_passes.eq(1).all() and out.decoder_passes.eq(1).all()
+    assert len(by["karl"].at_epsilon(IMAGES, 0.15).size.unique()) > 2, "one pass, yet counts differ per image"
     assert by["fixed-2"].at_epsilon(IMAGES, 0.01).size.eq(2).all()
     assert by["fixed-2"].at_length(IMAGES, 8) is None and by["fixed-8"].at_length(IMAGES, 8) is not None
 
@@ -105,6 +107,21 @@ def test_codecs_meet_epsilon_by_construction(fmt, eps):
     assert (out.size > 0).all() and torch.equal(out.bits, out.size * 8)
 
 
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+@pytest.mark.parametrize("eps", [0.02, 0.05, 0.1])
+def test_lossy_codecs_pick_the_quality_below_which_eps_is_missed(fmt, eps):
+    """On smooth images a lossy codec meets eps without falling back to PNG, at a quality q
+    that meets eps where q - 1 misses it (what the binary search promises)."""
+    images = smooth_images(3, 4, size=32, noise=0.1)
+    out, png = CodecMethod(fmt).at_epsilon(images, eps), CodecMethod("png").at_epsilon(images, eps)
+    assert (out.size < png.size).all()
+    for image, recon, size in zip(images, out.recon, out.size.tolist()):
+        tries = [codec_roundtrip(to_uint8(image), fmt.upper(), q) for q in range(1, 101)]
+        q = next(q for q, (r, n) in enumerate(tries, 1) if n == size and torch.equal(r, recon))
+        assert float((tries[q - 1][0] - image).abs().mean()) <= eps
+        assert q == 1 or float((tries[q - 2][0] - image).abs().mean()) > eps
+
+
 def test_lossy_codecs_spend_fewer_bytes_on_a_looser_target():
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     tight, loose = CodecMethod("jpeg").at_epsilon(images, 0.03), CodecMethod("jpeg").at_epsilon(images, 0.2)
@@ -132,6 +149,7 @@ def test_verified_karl_counts_its_extra_passes(checkpoints):
     eps = float(l1_per_image(plain.at_length(IMAGES, 8).recon, IMAGES).max()) + 1e-4  # the full budget meets it
     a, b = plain.at_epsilon(IMAGES, eps), checked.at_epsilon(IMAGES, eps)
     missed = l1_per_image(a.recon, IMAGES) > eps
+    assert missed.any() and not missed.all(), "some images miss after the single pass, some do not"
     assert torch.equal(b.encoder_passes > 1, missed) and torch.equal(b.decoder_passes, b.encoder_passes + 1)
     assert (l1_per_image(b.recon, IMAGES) <= eps).all() and (b.size >= a.size).all()
 

@@ -1,6 +1,7 @@
 """CLI smoke tests: train, encode, eval, demo, and clear errors."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,13 @@ def test_eval_by_source_names_the_test_photographs(run_dir, capsys):
 def test_demo_on_shipped_checkpoint(tmp_path, capsys):
     assert main(["demo", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "noise" in out and "flat" in out
+    rows = [re.match(r"(.+?)\s+(\d+)\s+([\d.]+)\s+(yes|no)$", line) for line in out.splitlines()]
+    table = {m[1]: (int(m[2]), float(m[3]), m[4] == "yes") for m in rows if m}
+    assert len(table) >= 10 and {"flat", "noise", "gradient"} <= set(table)
+    counts = [n for n, _, _ in table.values()]
+    assert counts == sorted(counts), "the table is sorted by tokens kept"
+    assert table["flat"][0] <= 0.1 * 32 and table["noise"][0] >= 0.9 * 32
+    assert all(met == (l1 <= 0.05) for _, l1, met in table.values()), "'meets eps' says whether l1 <= 0.05"
     assert Image.open(tmp_path / "demo.png").size[0] > 100
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import smooth_images
 from kolmotok.evaluation.evaluate import spearman_by_colour
 
 
@@ -31,20 +32,21 @@ def test_report_keeps_the_complexity_line_when_png_rank_is_undefined():
     assert "ground-truth complexity) = 0.500" in text
 
 
-def test_eval_by_source_splits_the_table_by_subfolder(model):
+def test_eval_by_source_splits_the_table_by_subfolder(halting_model):
     """Per-source rows partition the images: their counts add up, and their shares and token
     means, weighted by size, give the whole set's."""
     from kolmotok.api import Tokenizer
     from kolmotok.data import EvalSet
     from kolmotok.evaluation.evaluate import evaluate, format_report
 
-    tok = Tokenizer(model)
-    images = torch.rand(7, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    tok = Tokenizer(halting_model)
+    images = smooth_images(7, 4)
     names = ["/d/cam1/a.png", "/d/cam1/b.png", "/d/cam2/c.png", "/d/top.png", "/d/cam2/x/e.png", "/d/cam1/f.png",
              "/d/cam2/g.png"]
     data = EvalSet("folder:/d", images, names=names)
     assert data.sources == ["cam1", "cam1", "cam2", ".", "cam2/x", "cam1", "cam2"]
-    rep = evaluate(tok, data, [0.05, 0.3], by_source=True)
+    rep = evaluate(tok, data, [0.1, 0.15], by_source=True)
+    assert len({round(s.mean_tokens[1], 3) for s in rep.by_source}) > 2, "the sources differ in tokens kept"
     assert [s.source for s in rep.by_source] == [".", "cam1", "cam2", "cam2/x"]
     assert [s.num_images for s in rep.by_source] == [1, 3, 2, 1]
     for i, row in enumerate(rep.epsilon_rows):
@@ -72,7 +74,7 @@ def test_the_complexity_ranking_is_the_plain_single_pass_under_a_guarantee():
     assert np.isfinite(plain) and guaranteed == pytest.approx(plain)
 
 
-def test_per_image_rows_add_up_to_the_table(model, tmp_path):
+def test_per_image_rows_add_up_to_the_table(halting_model, tmp_path):
     """eval --per-image: one CSV row per image whose tokens, l1 and meets average to the table's rows."""
     import csv
 
@@ -81,12 +83,13 @@ def test_per_image_rows_add_up_to_the_table(model, tmp_path):
     from kolmotok.evaluation.evaluate import evaluate, image_table_csv
     from kolmotok.evaluation.metrics import png_bytes
 
-    tok = Tokenizer(model)
-    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
-    images[0] = 0.5  # a flat image next to noise: a spread of counts
+    tok = Tokenizer(halting_model)
+    images = smooth_images(6, 5)
     data = EvalSet("shapes", images, labels=torch.arange(6.0))
-    rep = evaluate(tok, data, [0.05, 0.2], per_image=True)
+    rep = evaluate(tok, data, [0.1, 0.15], per_image=True)
     rows = list(csv.DictReader(image_table_csv(rep).splitlines()))
+    for e in ("0.1", "0.15"):  # a spread of counts, and of images meeting eps
+        assert len({r[f"tokens@{e}"] for r in rows}) > 2 and len({r[f"meets@{e}"] for r in rows}) == 2
     assert [int(r["index"]) for r in rows] == list(range(6)) and [float(r["label"]) for r in rows] == list(range(6))
     assert [int(r["png_bytes"]) for r in rows] == [png_bytes(im) for im in images]
     for row in rep.epsilon_rows:

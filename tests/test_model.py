@@ -51,15 +51,28 @@ def test_lengths_from_halting_is_first_halted_prefix():
     assert lengths_from_halting(logits, 0.75).tolist() == [2, 1, 5]
 
 
-def test_halting_invariants(model, images):
-    for eps in (0.0, 0.01, 0.05, 0.3):
+def test_halting_invariants(halting_model, varied_images):
+    model, images, B = halting_model, varied_images, len(varied_images)
+    for eps in (0.0, 0.01, 0.1, 0.15, 0.3):
         for budget in (1, 3, 8):
-            out = model.tokenize(images, torch.full((len(images),), eps), budget)
+            out = model.tokenize(images, torch.full((B,), eps), budget)
             assert ((out.lengths >= 1) & (out.lengths <= budget)).all()
             keep = torch.arange(budget)[None, :] < out.lengths[:, None]
             assert (out.vectors[~keep] == 0).all(), "tokens past the length must be blank"
+            assert (out.vectors[keep] != 0).any(-1).all(), "kept tokens are the model's, not blanks"
             if eps == 0:
                 assert (out.lengths == budget).all(), "eps = 0 must keep exactly `budget` tokens"
+            # the length is the first halted position: every kept position after the first is below threshold
+            halted = torch.sigmoid(out.halt_logits) > model.cfg.halting_threshold
+            if eps > 0:
+                assert not (halted[:, 1:] & keep[:, 1:]).any()
+                stopped = out.lengths < budget
+                assert halted[stopped, out.lengths[stopped]].all()
+    # the checks above ran on real halting: counts differ between images and fall as eps rises
+    spread = model.tokenize(images, torch.full((B,), 0.1), 8).lengths
+    assert spread.min() < 8 and len(spread.unique()) >= 3
+    loose = model.tokenize(images, torch.full((B,), 0.15), 8).lengths
+    assert (loose <= spread).all() and loose.sum() < spread.sum()
 
 
 def test_direct_epsilon_term_makes_halting_monotone_in_epsilon(images):
@@ -131,6 +144,8 @@ def test_halting_mlp_reads_the_linear_path_error_curve(images):
 
 def test_decoder_never_reads_halted_tokens(model, images):
     B, T = len(images), 8
+    with torch.no_grad():  # fresh, the transformer branch outputs zero; give it a say in the image
+        torch.nn.init.normal_(model.head.output_layer.weight, std=0.1)
     lat = model.encode(images, torch.zeros(B), T)
     vectors = model.quantize(lat).vectors
     lengths = torch.tensor([1, 3, 5, 8, 2])
@@ -138,6 +153,14 @@ def test_decoder_never_reads_halted_tokens(model, images):
     keep = torch.arange(T)[None, :] < lengths[:, None]
     garbage = torch.where(keep[..., None], vectors, torch.randn_like(vectors) * 100)
     assert torch.allclose(model.decode(garbage, lengths), ref, atol=1e-6)
+    # the comparison can fail: a change inside the kept prefix does change the image, through
+    # the transformer branch as well as the linear path
+    inside = vectors.clone()
+    inside[:, 0] += 1.0
+    assert (model.decode(inside, lengths) - ref).abs().amax(dim=(1, 2, 3)).gt(1e-3).all()
+    def transformer_branch(v):
+        return model.decode(v, lengths) - model.linear_path.decode(v * keep[..., None], 16)
+    assert not torch.allclose(transformer_branch(inside), transformer_branch(vectors), atol=1e-3)
 
 
 def test_fsq_codes_round_trip():

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import kolmotok
+from conftest import smooth_images
 from kolmotok import tokenize as tokenize_mod
 from kolmotok.api import Tokenizer
 from kolmotok.checkpoint import save_checkpoint
@@ -125,17 +126,26 @@ def test_a_shard_that_skipped_its_files_is_tokenized_again(tok, folder, tmp_path
     assert (s.shards_written, s.shards_skipped) == (0, 1)  # rows + listed errors account for every file
 
 
-def test_guarantee_and_verify_are_recorded_per_image(tok, folder, tmp_path):
-    g = torch.Generator().manual_seed(7)
-    tok.calibrate(torch.rand(30, 3, 16, 16, generator=g), alpha=0.2)
+def test_guarantee_and_verify_are_recorded_per_image(halting_model, tmp_path):
+    """Each row holds what tok.encode(..., guarantee, verify) gives that image: on this model
+    (conftest.halting_toy) the guarantee tightens the condition and verification re-encodes some."""
+    tok, folder = Tokenizer(halting_model), tmp_path / "smooth"
+    folder.mkdir()
+    for i, img in enumerate(smooth_images(24, 12)):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"s{i:02d}.png")
+    tok.calibrate(smooth_images(60, 11), alpha=0.2)
     out = tmp_path / "tokens"
-    tokenize_folder(tok, folder, out, 0.3, shard_size=5, with_error=True, guarantee=0.8, verify=True, progress=False)
-    frame = kolmotok.read_tokens(out).to_pandas()
-    assert frame["guaranteed"].dtype == bool and (frame["reencoded"] >= 0).all()
+    tokenize_folder(tok, folder, out, 0.15, shard_size=5, with_error=True, guarantee=0.8, verify=True, progress=False)
+    frame = kolmotok.read_tokens(out).to_pandas().sort_values("path")
+    images = tok.load_images(sorted(folder.glob("*.png")))
+    direct = tok.encode(images, 0.15, guarantee=0.8, verify=True)
+    assert frame["length"].tolist() == direct.lengths.tolist()
+    assert frame["reencoded"].tolist() == direct.reencoded.tolist() and frame["guaranteed"].all()
+    assert (frame["reencoded"] > 0).any() and (frame["length"] < tok.max_tokens).any()
     # after verification an image meets eps or keeps the whole budget
-    assert ((frame["l1"] <= 0.3 + 1e-6) | (frame["length"] == tok.max_tokens)).all()
+    assert ((frame["l1"] <= 0.15 + 1e-6) | (frame["length"] == tok.max_tokens)).all()
     with pytest.raises(ValueError, match="other settings"):  # a rerun without --verify is another tokenization
-        tokenize_folder(tok, folder, out, 0.3, shard_size=5, with_error=True, guarantee=0.8, progress=False)
+        tokenize_folder(tok, folder, out, 0.15, shard_size=5, with_error=True, guarantee=0.8, progress=False)
 
 
 def test_resume_must_name_the_same_folder(tok, folder, tmp_path, monkeypatch):

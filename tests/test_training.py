@@ -15,7 +15,7 @@ from conftest import TINY_TEST, small_config
 from kolmotok.checkpoint import list_checkpoints
 from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.training import KARLObjective, train
-from kolmotok.training.objective import halting_labels, sample_budget
+from kolmotok.training.objective import build_objective, halting_labels, sample_budget
 
 
 def _rows(run):
@@ -131,7 +131,8 @@ def test_kill_9_then_resume(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kolmotok", "train", "--preset", "tiny", "--out", str(run), "--data", "shapes",
             "--no-progress"]
-    for s in TINY_TEST + ["train.eval_every=0"]:
+    extra = ["train.eval_every=0", "optim.min_lr_ratio=1.0"]  # no decay: the lr does not depend on --steps
+    for s in TINY_TEST + extra:
         args += ["--set", s]
     proc = subprocess.Popen(args + ["--steps", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -150,6 +151,10 @@ def test_kill_9_then_resume(tmp_path):
     assert steps == list(range(1, target + 1)), "rows past the checkpoint are dropped, then continued"
     assert list_checkpoints(run)[-1].name == f"step_{target:07d}"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "no partial checkpoint left"
+    # the same losses as a run never interrupted: same weights, optimizer state and data order
+    train(small_config(*extra, "train.data=shapes", f"train.steps={target}"), tmp_path / "whole", progress=False)
+    whole = [r["loss"] for r in _rows(tmp_path / "whole")]
+    assert [r["loss"] for r in _rows(run)] == pytest.approx(whole, rel=1e-4)
 
 
 @pytest.mark.parametrize("group, workers", [(False, 0), (True, 2)])
@@ -235,9 +240,17 @@ def test_baseline_objectives_train_and_monitor_their_own_method(tmp_path, kind, 
     cfg = small_config("train.steps=2", "train.data=shapes", f"objective.kind={kind}", f"train.init_from={base}",
                        *extra)
     train(cfg, tmp_path / kind, progress=False)
-    last = _rows(tmp_path / kind)[-1]
+    rows = _rows(tmp_path / kind)
+    last = rows[-1]
     assert {k for k in last if k.startswith("eval_")} == logged
-    assert last["loss"] > 0 and last["kept"] >= 1
+    assert last["loss"] > 0 and last["l1"] > 0
+    kept = [r["kept"] for r in rows]
+    if kind == "fixed":  # always its own length
+        assert kept == [2.0, 2.0]
+    elif kind == "recurrent":  # whole rollouts of 4 tokens
+        assert all(k in (4.0, 8.0) for k in kept)
+    else:  # a random prefix per image; the monitor sees fewer tokens reconstruct worse
+        assert all(1 <= k <= 8 for k in kept) and last["eval_l1_T1"] > last["eval_l1_T8"]
 
 
 def test_bad_objective_settings_are_clear(tmp_path):
@@ -329,7 +342,15 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, kind):
     normalised per micro-batch, so that case runs with the BCE off: benchmarks/split_training.py.)"""
     common = ["train.steps=2", "train.data=shapes", "train.eval_every=0", *kind]
     a = train(small_config(*common), tmp_path / "a", progress=False)
-    b = train(small_config(*common, "train.grad_accum=2"), tmp_path / "b", progress=False)
+    split = small_config(*common, "train.grad_accum=2")
+    inner, sizes = build_objective(split), []
+
+    def recorded(model, images, draws):
+        sizes.append(len(images))
+        return inner(model, images, draws)
+
+    b = train(split, tmp_path / "b", objective=recorded, progress=False)
+    assert sizes == [2, 2, 2, 2], "each step of batch 4 runs as two micro-batches of 2"
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
