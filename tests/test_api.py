@@ -303,7 +303,8 @@ def test_shipped_checkpoint_loads_and_runs():
 
 def test_shipped_checkpoint_behaves_like_a_complexity_measure():
     """Regression guard for the shipped model in its operating range (eps >= 0.05; below
-    that it is not monotone, see MODEL_CARD.md): fewer tokens as eps rises, noise keeps all."""
+    that it is not monotone, see MODEL_CARD.md): fewer tokens as eps rises, noise keeps all,
+    flat colours take at most a tenth."""
     from kolmotok.data import eval_set
 
     tok = kolmotok.load(device="cpu")
@@ -312,3 +313,6 @@ def test_shipped_checkpoint_behaves_like_a_complexity_measure():
     assert means[0] > means[1] > means[2]
     noise = torch.rand(8, 3, tok.image_size, tok.image_size, generator=torch.Generator().manual_seed(0))
     assert (tok.encode(noise, epsilon=0.05).lengths == tok.max_tokens).all()
+    flat = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(1)).expand(-1, -1, tok.image_size,
+                                                                                  tok.image_size)
+    assert (tok.encode(flat, epsilon=0.05).lengths <= 0.1 * tok.max_tokens).all(), "flat colours take few tokens"

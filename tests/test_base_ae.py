@@ -27,7 +27,16 @@ def vae_dir(tmp_path_factory):
 def test_train_and_encode_through_a_base_autoencoder(tmp_path, vae_dir):
     cfg = small_config("train.steps=2", "train.data=shapes", "model.linear_path=false", "model.patch_size=2",
                        f"model.base_autoencoder={vae_dir}")
-    ckpt = train(cfg, tmp_path / "run", progress=False)
+    fresh = diffusers.AutoencoderKL.from_pretrained(vae_dir).state_dict()
+    frozen, stems = [], []
+
+    def after_step(step, model):  # inside the model being trained, after each optimizer step
+        module = getattr(model, "module", model)
+        frozen.append(all(torch.equal(v, module.base.ae.state_dict()[k]) for k, v in fresh.items()))
+        stems.append(next(module.stem.parameters()).detach().clone())
+
+    ckpt = train(cfg, tmp_path / "run", progress=False, on_step_end=after_step)
+    assert frozen == [True, True] and not torch.equal(*stems), "the autoencoder stays as loaded; the rest learns"
     tok = load(ckpt, device="cpu")
     assert tok.model.cfg.base_channels == 4 and tok.model.cfg.grid_size == 4  # 16 px / 2 (VAE) / 2 (patch)
     assert not any(k.startswith("base.") for k in tok.model.own_state_dict())  # the VAE is not copied
@@ -36,9 +45,6 @@ def test_train_and_encode_through_a_base_autoencoder(tmp_path, vae_dir):
     images = torch.rand(3, 3, 16, 16)
     enc = tok.encode(images, epsilon=0.1)
     assert tok.decode(enc).shape == images.shape
-    # frozen: training did not change the autoencoder
-    fresh = diffusers.AutoencoderKL.from_pretrained(vae_dir)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), tok.model.base.ae.state_dict().values()))
 
 
 def test_vae_presets_demand_an_autoencoder(tmp_path, capsys):

@@ -26,6 +26,40 @@ def test_photo_splits_are_disjoint():
     assert len(names) == len(set(names))
 
 
+def test_training_photos_are_only_the_train_split():
+    """What `--data photos` trains on is cut from the train photographs alone, and each crop
+    holds pixels of the photograph it names."""
+    from kolmotok.data.photos import load_photos
+
+    src = make_source("photos", 32)
+    crops, sources = src.sample_with_sources(200, torch.Generator().manual_seed(0))
+    assert set(sources) <= set(SPLITS["train"]) and len(set(sources)) >= 10
+    assert torch.equal(crops, make_source("photos", 32).sample(200, torch.Generator().manual_seed(0)))
+    photos = dict(zip(SPLITS["train"], load_photos("train")))
+    for crop, name in zip(crops[:20], sources[:20]):  # a crop's colours lie within its photograph's range
+        lo, hi = photos[name].amin(dim=(1, 2)), photos[name].amax(dim=(1, 2))
+        assert (crop.amin(dim=(1, 2)) >= lo - 0.02).all() and (crop.amax(dim=(1, 2)) <= hi + 0.02).all()
+
+
+def test_odd_modes_convert_to_rgb_by_the_documented_rule(tmp_path):
+    """Grayscale repeated to RGB, 16-bit scaled by 65535, palette expanded, alpha composited on white."""
+    from kolmotok.data.images import to_rgb_array
+
+    grey = Image.fromarray(np.array([[0, 51], [204, 255]], np.uint8))
+    np.testing.assert_allclose(to_rgb_array(grey)[..., 1], [[0, 0.2], [0.8, 1.0]], atol=1e-6)
+    g16 = Image.fromarray(np.array([[0, 65535], [13107, 32768]], np.uint16))
+    np.testing.assert_allclose(to_rgb_array(g16)[..., 2], [[0, 1], [0.2, 32768 / 65535]], atol=1e-6)
+    rgba = np.zeros((1, 3, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red stays red
+    rgba[0, 1] = (0, 0, 255, 0)  # fully transparent: white
+    rgba[0, 2] = (0, 0, 0, 102)  # black at alpha 0.4 over white: 0.6
+    out = to_rgb_array(Image.fromarray(rgba, "RGBA"))
+    np.testing.assert_allclose(out[0], [[1, 0, 0], [1, 1, 1], [0.6, 0.6, 0.6]], atol=1 / 255)
+    pal = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    pal.putpalette([10, 20, 30, 200, 100, 0] + [0] * 762)
+    np.testing.assert_allclose(to_rgb_array(pal)[0] * 255, [[10, 20, 30], [200, 100, 0]], atol=1e-4)
+
+
 def test_sources_are_deterministic_and_in_range():
     for spec in ("photos", "photos:test", "shapes", "shapes:gradient", "photos@3+shapes+shapes:flat@0.5"):
         src = make_source(spec, 32)
@@ -246,12 +280,17 @@ def test_webdataset_shards_stream_and_skip_corrupt_samples(tmp_path):
         with wds.TarWriter(str(tmp_path / f"train-{shard}.tar")) as sink:
             for i in range(5):
                 buf = io.BytesIO()
-                Image.fromarray(np.full((24, 24, 3), 25 * i, np.uint8)).save(buf, format="PNG")
+                Image.fromarray(np.full((24, 24, 3), 25 * (i + 1), np.uint8)).save(buf, format="PNG")
                 sink.write({"__key__": f"s{shard}_{i}", "png": buf.getvalue(), "cls": b"0"})
             sink.write({"__key__": f"s{shard}_bad", "jpg": b"not an image"})
     src = make_source(f"wds:{tmp_path}/train-{{0..1}}.tar", 16)
     batch = src.sample(25, torch.Generator().manual_seed(0))
     assert batch.shape == (25, 3, 16, 16) and 0 <= batch.min() and batch.max() <= 1
+    # every image is one of the flat good samples: the bad ones left no blank or garbage image
+    values = batch.flatten(1)
+    assert (values.amax(1) - values.amin(1)).max() < 1e-5
+    level = values[:, 0] * 255 / 25
+    assert torch.allclose(level, level.round(), atol=1e-3) and set(level.round().int().tolist()) <= {1, 2, 3, 4, 5}
 
 
 def test_an_output_whose_name_just_fits_is_written(tmp_path):

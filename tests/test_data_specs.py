@@ -36,7 +36,7 @@ def png_shard(path, n=3):
     with wds.TarWriter(str(path)) as sink:
         for i in range(n):
             buf = io.BytesIO()
-            Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(buf, format="PNG")
+            Image.fromarray(np.full((24, 24, 3), 40 * (i + 1), np.uint8)).save(buf, format="PNG")
             sink.write({"__key__": f"{path.stem}_{i}", "png": buf.getvalue()})
 
 
@@ -73,3 +73,6 @@ def test_wds_unreadable_shard_among_good_ones_is_skipped(tmp_path, deadline):
     (tmp_path / "part-1.tar").write_bytes(b"junk!")
     batch = make_source(f"wds:{tmp_path}/part-{{0..1}}.tar", 16).sample(8, torch.Generator().manual_seed(0))
     assert batch.shape == (8, 3, 16, 16)
+    # all 8 come from the good shard's three flat images (levels 40, 80, 120), none from the junk
+    levels = {round(v * 255) for v in batch.flatten(1)[:, 0].tolist()}
+    assert (batch.flatten(1).amax(1) - batch.flatten(1).amin(1)).max() < 1e-5 and levels <= {40, 80, 120}
