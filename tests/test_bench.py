@@ -61,6 +61,21 @@ def test_every_method_through_the_shared_interface(methods):
             torch.testing.assert_close(out.bits, out.size * m.tok.bits_per_token)
 
 
+def test_guarantees_aliases_and_fixed_lengths_through_the_interface(checkpoints):
+    tok = load(checkpoints / "karl", device="cpu")
+    tok.calibrate(smooth_images(40, 8), alpha=0.2)
+    karl, promised, checked, *codecs = build_methods(["karl", "karl@0.8", "karl@0.8+verify", "codecs"], tok, None)
+    assert [m.name for m in (promised, checked, *codecs)] == ["karl@0.8", "karl@0.8+verify", "png", "jpeg", "webp"]
+    a, b, c = (m.at_epsilon(IMAGES, 0.15) for m in (karl, promised, checked))
+    assert (b.size >= a.size).all() and b.size.sum() > a.size.sum(), "the guarantee tightens the target"
+    assert b.encoder_passes.eq(1).all() and b.decoder_passes.eq(1).all()
+    assert (c.size >= b.size).all() and torch.equal(c.decoder_passes, c.encoder_passes + 1)
+    for m in (karl, promised, checked):  # the fixed-length table: the same weights at exactly 4 tokens
+        out = m.at_length(IMAGES, 4)
+        assert out.size.eq(4).all() and out.encoder_passes.eq(1).all() and out.decoder_passes.eq(1).all()
+        torch.testing.assert_close(out.recon, karl.at_length(IMAGES, 4).recon)
+
+
 def test_karl_is_one_pass_and_fixed_keeps_its_length(methods):
     by = {m.name: m for m in methods}
     for eps in (0.01, 0.1, 0.15, 0.5):
