@@ -125,6 +125,8 @@ def test_encode_with_guarantee_and_verify(halting_model):
     assert torch.equal(promised.condition, cal.lookup(promised.epsilon)[0]) and (promised.condition < eps).all()
     assert met(plain).float().mean() < 0.7, "the single pass misses often here: the guarantee has work to do"
     assert met(promised).float().mean() >= 0.8 and (promised.lengths >= plain.lengths).all()
+    capped = tok.encode(test, eps, budget=2, guarantee=0.8)  # calibrated with all 8 tokens: no promise at 2
+    assert not capped.guaranteed.any() and met(capped).float().mean() < 0.8
 
     checked = tok.encode(test, eps, verify=True)
     again = checked.reencoded > 0

@@ -155,6 +155,9 @@ def test_info_and_version(run_dir, capsys):
     assert info["max_tokens"] == 8 and info["steps_in_last_run"] == 3 and info["calibrations"] == []
     assert info["parameters"] > 0 and info["objective"] == "karl" and info["checkpoint"].endswith("step_0000003")
     assert info["halting_refit"] is None
+    assert main(["info", "--ckpt", str(run_dir), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "halting refit: -\n" in out and "initialised from: -\n" in out and "None" not in out
     assert main(["info", "--device", "cpu"]) == 0  # the shipped checkpoint, with its calibration
     out = capsys.readouterr().out
     assert "calibration: guarantee 0.9 on 512 images (photos:calib)" in out
@@ -221,6 +224,12 @@ def test_bad_outputs_and_numbers_fail_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert said in capsys.readouterr().err
+
+
+def test_repeated_numbers_are_taken_once():
+    from kolmotok.cli import _numbers
+
+    assert _numbers("--epsilons")("0.12,0.05,0.05,,0.12") == [0.12, 0.05]
 
 
 def test_clear_errors(tmp_path, capsys):

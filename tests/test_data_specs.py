@@ -76,3 +76,24 @@ def test_wds_unreadable_shard_among_good_ones_is_skipped(tmp_path, deadline):
     # all 8 come from the good shard's three flat images (levels 40, 80, 120), none from the junk
     levels = {round(v * 255) for v in batch.flatten(1)[:, 0].tolist()}
     assert (batch.flatten(1).amax(1) - batch.flatten(1).amin(1)).max() < 1e-5 and levels <= {40, 80, 120}
+
+
+def test_folder_paths_with_mixture_characters_home_and_dangling_links(tmp_path, monkeypatch):
+    """A folder named with + or @ is read as that folder (train and eval alike); ~ is the home
+    directory; a link to nothing is listed, and reading it reports it."""
+    from kolmotok.data import list_images, load_images
+
+    for name in ("shots@2x", "my+imgs"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (20, 20), "red").save(tmp_path / name / "a.png")
+        spec = f"folder:{tmp_path / name}"
+        assert make_source(spec, 16).sample(2, torch.Generator().manual_seed(0)).shape == (2, 3, 16, 16)
+        assert eval_set(spec, 16).images.shape == (1, 3, 16, 16)
+    mix = make_source(f"folder:{tmp_path / 'shots@2x'}@2+shapes", 16)  # in a mixture the last @ weighs
+    assert mix.weights.tolist() == [2.0, 1.0] and mix.sources[0].name == f"folder:{tmp_path / 'shots@2x'}"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert eval_set("folder:~/my+imgs", 16).names == [str(tmp_path / "my+imgs" / "a.png")]
+    (tmp_path / "my+imgs" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    files = list_images(tmp_path / "my+imgs")
+    assert [f.name for f in files] == ["a.png", "gone.png"]
+    assert [(p.name, "no such file" in why) for p, why in load_images(files, 16).failures] == [("gone.png", True)]

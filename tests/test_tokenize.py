@@ -100,6 +100,17 @@ def test_cli_tokenize_rejects_other_data(capsys):
     assert "folder:PATH" in capsys.readouterr().err
 
 
+def test_cli_tokenize_exit_status_says_whether_every_file_was_read(tmp_path, checkpoint, capsys):
+    junk, good = tmp_path / "junk", tmp_path / "good"
+    junk.mkdir(), good.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    Image.new("RGB", (20, 20), "red").save(good / "a.png")
+    common = ["tokenize", "--ckpt", str(checkpoint), "--no-progress", "--device", "cpu"]
+    assert main(common + ["--data", f"folder:{good}", "--out", str(tmp_path / "t1")]) == 0
+    assert main(common + ["--data", f"folder:{junk}", "--out", str(tmp_path / "t2")]) == 2
+    assert "no readable images; the reasons are in" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option, match", [
     ({"batch_size": 0}, "batch size"), ({"batch_size": -1}, "batch size"), ({"shard_size": 0}, "shard size"),
     ({"epsilon": -1.0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"), ({"guarantee": 0.5}, "calibration"),
@@ -218,7 +229,8 @@ def test_decode_writes_what_encode_writes(tmp_path, folder, checkpoint, capsys, 
     (folder / "a" / "img01.jpg").write_bytes((folder / "a" / "img01.png").read_bytes())  # same stem, other name
     monkeypatch.chdir(tmp_path)
     assert main(["tokenize", "--ckpt", "ck", "--data", "folder:imgs", "--out", "tokens", "--epsilon", "0.1",
-                 "--shard-size", "4", "--no-progress"]) == 0
+                 "--shard-size", "4", "--no-progress"]) == 1  # broken.jpg: the rest done, not everything
+    assert "1 unreadable files skipped, listed in tokens/_errors-*.jsonl" in capsys.readouterr().err
     monkeypatch.chdir(folder)
     tokens = tmp_path / "tokens"
     assert main(["decode", str(tokens), "--out", str(tmp_path / "dec"), "--batch-size", "3", "--no-progress"]) == 0
@@ -310,7 +322,7 @@ def test_decode_uses_the_exact_checkpoint_the_tokens_came_from(tmp_path, folder,
 
     train(small_config("train.steps=1", "train.data=shapes", "train.eval_every=0"), run, progress=False)
     assert main(["tokenize", "--ckpt", str(run), "--data", f"folder:{folder}", "--out", str(tmp_path / "t"),
-                 "--no-progress"]) == 0
+                 "--no-progress"]) == 1  # broken.jpg
     meta = pq.read_schema(next((tmp_path / "t").glob("shard-*.parquet"))).metadata
     assert json.loads(meta[b"checkpoint_record"]) == str((run / "checkpoints" / "step_0000001").resolve())
     assert main(["decode", str(tmp_path / "t"), "--ckpt", str(run / "checkpoints" / "step_0000001"), "--out",

@@ -69,6 +69,16 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_below_the_checkpoint_step_is_refused_before_any_write(tmp_path):
+    cfg = small_config("train.steps=4", "train.data=shapes", "train.eval_every=0")
+    run = train(cfg, tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / "config.json").read_text()
+    with pytest.raises(ValueError, match="at step 4, past --steps 2; give --steps 4 or more"):
+        train(small_config("train.steps=2", "train.data=shapes", "train.eval_every=0"), tmp_path / "r", resume=True,
+              progress=False)
+    assert (tmp_path / "r" / "config.json").read_text() == before and list_checkpoints(tmp_path / "r")[-1] == run
+
+
 def test_existing_run_needs_resume(tmp_path):
     cfg = small_config("train.steps=2", "train.data=shapes")
     train(cfg, tmp_path / "r", progress=False)
@@ -226,7 +236,7 @@ def test_init_from_checkpoint(tmp_path):
     again = small_config("train.steps=2", "train.data=shapes", f"train.init_from={gained}", "train.eval_every=0")
     assert train(again, tmp_path / "kept", resume=True, progress=False).name == "step_0000002"
     other = small_config("train.steps=1", "train.data=shapes", f"train.init_from={ckpt}", "model.width=16")
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ValueError, match=r"differs from this run's \(model.width 32 -> 16\)"):
         train(other, tmp_path / "bad", progress=False)
 
 

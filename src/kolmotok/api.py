@@ -257,6 +257,7 @@ class Tokenizer:
         budget: most tokens to use, 1..max_tokens (default max_tokens).
         guarantee: e.g. 0.9 -- encode at the calibrated condition that makes at least this share
             of images meet epsilon (needs a calibration for alpha = 1 - guarantee; see calibrate).
+            The calibration is measured at the full budget: below it nothing is guaranteed.
         verify: one extra decoder pass checks each image; those that miss epsilon are
             re-encoded at tighter conditions (half, a quarter, then the full budget), stopping
             at the first that meets it or keeps the full budget (nothing tighter exists).
@@ -269,6 +270,10 @@ class Tokenizer:
             guarantee = check_guarantee(guarantee)
             cond, guaranteed = self.calibration_for(guarantee).lookup(eps)
             cond = torch.where(eps > 0, cond, 0.0)
+            if T < self.max_tokens:  # calibrated with every token available: a smaller budget voids it
+                log.warning("the calibration assumes the full budget of %d tokens; at budget %d nothing is "
+                            "guaranteed (enc.guaranteed is False)", self.max_tokens, T)
+                guaranteed = torch.zeros_like(guaranteed)
         out = self.model.tokenize(x, cond, T)
         enc = Encoding(out.codes, out.lengths, eps, T, cond, guarantee, guaranteed)
         return self._verify(x, enc) if verify else enc

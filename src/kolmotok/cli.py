@@ -28,7 +28,8 @@ NUM_IMAGES_HELP = ("images in the fixed, seeded eval set; a folder: all its file
 
 
 def _numbers(flag: str):
-    """argparse type: comma-separated finite, non-negative numbers (errors name ``flag``)."""
+    """argparse type: comma-separated finite, non-negative numbers, each once, in the order given
+    (errors name ``flag``)."""
     def parse(text: str) -> list[float]:
         try:
             values = [float(v) for v in text.split(",") if v.strip()]
@@ -36,7 +37,7 @@ def _numbers(flag: str):
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated numbers") from None
         if not values or any(not math.isfinite(v) or v < 0 for v in values):
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected finite, non-negative numbers")
-        return values
+        return list(dict.fromkeys(values))  # a repeat would be a second, identical row or column
     return parse
 
 
@@ -290,7 +291,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     for key, value in info.items():
         if key != "calibrations":
-            print(f"{key.replace('_', ' ')}: {value}")
+            print(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     for c in info["calibrations"] or [None]:
         print("calibration: none (kolmotok calibrate)" if c is None else
               f"calibration: guarantee {c['guarantee']:g} on {c['images']} images ({c['data']}), "
@@ -371,9 +372,16 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
           f"({summary.shards_skipped} already complete), {summary.failures} unreadable, "
           f"{summary.seconds:.1f} s, {rate:.0f} images/s; output {args.out}")
     if ddp.rank == 0:
-        print(format_output_stats(output_stats(args.out, args.epsilon, args.guarantee), args.epsilon, args.guarantee,
-                                  args.verify))
-    return 0
+        stats = output_stats(args.out, args.epsilon, args.guarantee)
+        print(format_output_stats(stats, args.epsilon, args.guarantee, args.verify))
+        if not stats.images:
+            raise ValueError(f"{args.data}: no readable images; the reasons are in {args.out}/_errors-*.jsonl")
+    if summary.failures:
+        print(f"rank {ddp.rank}: {summary.failures} unreadable files skipped, listed in {args.out}/_errors-*.jsonl",
+              file=sys.stderr)
+    # as encode: the rest is done, yet not everything (one process only: torchrun stops every
+    # rank when one exits with an error)
+    return 1 if summary.failures and ddp.world == 1 else 0
 
 
 def format_output_stats(stats, epsilon: float, guarantee: float | None, verified: bool = False) -> str:

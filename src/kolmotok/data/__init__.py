@@ -86,11 +86,20 @@ class Mixture:
 
 
 def folder_path(path: str | Path) -> str:
-    """The PATH of ``folder:PATH``, checked: ``folder:`` alone is an error, not the current directory."""
+    """The PATH of ``folder:PATH``, checked: ``folder:`` alone is an error, not the current
+    directory; a leading ``~`` is the home directory (no shell expands it after ``folder:``)."""
     path = str(path)
     if not path:
         raise ValueError("folder: needs a path, e.g. folder:/data/images")
-    return path
+    return os.path.expanduser(path)
+
+
+def _whole_folder(spec: str) -> bool:
+    """``folder:PATH`` naming an existing directory is that folder, even where PATH holds the
+    ``+`` or ``@`` of a mixture. Inside a mixture a folder's path cannot hold ``+``, and one
+    holding ``@`` needs its weight written out (``folder:shots@2x@1``)."""
+    kind, _, arg = spec.partition(":")
+    return kind == "folder" and bool(arg) and os.path.isdir(os.path.expanduser(arg))
 
 
 def _single(spec: str, image_size: int) -> Source:
@@ -115,11 +124,13 @@ def make_source(spec: str, image_size: int) -> Source:
     parts = [p for p in spec.split("+") if p]
     if not parts:
         raise ValueError("empty data spec")
-    if len(parts) == 1 and "@" not in parts[0]:
-        return _single(parts[0], image_size)
+    if _whole_folder(spec) or (len(parts) == 1 and "@" not in parts[0]):
+        return _single(spec if _whole_folder(spec) else parts[0], image_size)
     sources, weights = [], []
     for part in parts:
-        name, _, w = part.partition("@")
+        name, at, w = part.rpartition("@")  # the weight is last: folder:shots@2x@3 is shots@2x at 3
+        name = name if at else w
+        w = w if at else ""
         try:
             weight = float(w) if w else 1.0
         except ValueError:
@@ -173,11 +184,12 @@ def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234
         images, labels = shapes_mod.draw(num_images, image_size, g, spec.partition(":")[2] or None)
         return EvalSet(spec, images, labels)
     if is_folder:
-        files = folder_subset(list_images(folder_path(spec.partition(":")[2])), num_images, g)
+        root = folder_path(spec.partition(":")[2])
+        files = folder_subset(list_images(root), num_images, g)
         loaded = load_images(files, image_size)
         if not loaded.paths:
             raise ValueError(f"{spec}: no readable images found")
-        return EvalSet(spec, loaded.images, names=[str(p) for p in loaded.paths])
+        return EvalSet(f"folder:{root}", loaded.images, names=[str(p) for p in loaded.paths])
     source = make_source(spec, image_size)
     if isinstance(source, PhotoCrops):
         images, photos = source.sample_with_sources(num_images, g)

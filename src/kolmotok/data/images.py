@@ -179,7 +179,8 @@ def load_images(paths: list[str | Path], size: int, skip_errors: bool = True,
 
 def list_images(root: str | Path) -> list[Path]:
     """Every image file under ``root`` (recursive, sorted), by suffix. Symbolic links to files
-    and to folders are followed; a folder reached twice (a link loop) is read once."""
+    and to folders are followed; a folder reached twice (a link loop) is read once. A link to
+    nothing is listed, so that reading it reports it like any other unreadable file."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"folder:{root}: not a directory")
@@ -194,7 +195,7 @@ def list_images(root: str | Path) -> list[Path]:
         # depth-first walk, which visits each folder's real subfolders before its links, by name
         subfolders.sort(key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         found += [Path(folder, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(p for p in found if p.is_file())
+    return sorted(p for p in found if p.is_file() or p.is_symlink())
 
 
 def stack_images(images: list[torch.Tensor], size: int) -> torch.Tensor:

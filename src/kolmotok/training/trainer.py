@@ -139,8 +139,11 @@ def init_weights(model: KARLTokenizer, path: str) -> None:
     start_model, meta = load_model(path, "cpu")
     # compare resolved configs: a checkpoint written before a field existed has that field's default
     ignored = {field: None for field in (*FINE_TUNE_ADDITIONS, "halting_threshold")}
-    if dict(to_dict(start_model.cfg), **ignored) != dict(to_dict(model.cfg), **ignored):
-        raise ValueError(f"--init-from {path}: its model config differs from this run's")
+    there, here = dict(to_dict(start_model.cfg), **ignored), dict(to_dict(model.cfg), **ignored)
+    changes = {f"model.{k}": (there.get(k), here.get(k)) for k in sorted(set(there) | set(here))
+               if there.get(k) != here.get(k)}
+    if changes:
+        raise ValueError(f"--init-from {path}: its model config differs from this run's ({describe_changes(changes)})")
     try:
         model.load_own_state_dict(start_model.own_state_dict(), allow_missing=tuple(FINE_TUNE_ADDITIONS.values()))
     except ValueError as exc:
@@ -226,6 +229,11 @@ RESUME_MAY_CHANGE = frozenset({
     "train.eval_images", "train.pca_init_images"})
 
 
+def describe_changes(changes: dict[str, tuple]) -> str:
+    """{"section.key": (old, new)} -> "section.key old -> new; ..." for error messages."""
+    return "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
 def config_changes(old: RunConfig, new: RunConfig, sections=("model", "objective", "optim", "train")
                    ) -> dict[str, tuple]:
     """{"section.key": (old value, new value)} for every setting that differs."""
@@ -259,9 +267,9 @@ def _resolve_run(cfg: RunConfig, out_dir: Path, resume: bool) -> tuple[RunConfig
         cfg = keep_additions(cfg, saved.model, f"--resume of a run initialised from {saved.train.init_from}")
     fixed = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUME_MAY_CHANGE}
     if fixed:
-        listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in fixed.items())
-        raise ValueError(f"--resume: {existing[-1]} was trained with other settings ({listed}). A resumed run may "
-                         f"change only {', '.join(sorted(RESUME_MAY_CHANGE))}; start a new --out for the rest")
+        raise ValueError(f"--resume: {existing[-1]} was trained with other settings ({describe_changes(fixed)}). "
+                         f"A resumed run may change only {', '.join(sorted(RESUME_MAY_CHANGE))}; start a new "
+                         "--out for the rest")
     if (existing[-1] / CALIBRATION_FILE).exists():
         log.warning("%s carries a calibration; training on changes the model, so the new checkpoints have none "
                     "(run kolmotok calibrate on the result)", existing[-1])
@@ -320,6 +328,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         if scaler.is_enabled() and state.get("scaler"):  # fp16 loss scale (a run resumed in fp16 from fp32: fresh)
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
+        if tc.steps < start:
+            raise ValueError(f"--resume: {existing[-1]} is at step {start}, past --steps {tc.steps}; give --steps "
+                             f"{start} or more (the number of steps of the whole run, not of the steps to add)")
         trained_seconds = float(state.get("time", 0.0))
         log.info("resumed %s at step %d", existing[-1], start)
     if tc.compile:
