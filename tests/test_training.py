@@ -79,6 +79,17 @@ def test_resume_below_the_checkpoint_step_is_refused_before_any_write(tmp_path):
     assert (tmp_path / "r" / "config.json").read_text() == before and list_checkpoints(tmp_path / "r")[-1] == run
 
 
+def test_logged_learning_rate_follows_the_schedule(tmp_path):
+    from kolmotok.training.trainer import lr_factor
+
+    cfg = small_config("train.steps=6", "train.data=shapes", "train.eval_every=0", "optim.warmup_steps=2")
+    train(cfg, tmp_path / "r", progress=False)
+    logged = [r["lr"] for r in _rows(tmp_path / "r")]
+    want = [cfg.optim.lr * lr_factor(s, 2, 6, cfg.optim.min_lr_ratio) for s in range(1, 7)]
+    assert logged == pytest.approx(want) and logged[-1] == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio)
+    assert logged == sorted(logged, reverse=True) and logged[0] > logged[-1]
+
+
 def test_existing_run_needs_resume(tmp_path):
     cfg = small_config("train.steps=2", "train.data=shapes")
     train(cfg, tmp_path / "r", progress=False)
