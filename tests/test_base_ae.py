@@ -53,3 +53,18 @@ def test_vae_presets_demand_an_autoencoder(tmp_path, capsys):
     assert rc == 2 and "--base-autoencoder" in capsys.readouterr().err
     rc = main(["train", "--preset", "small-vae", "--base-autoencoder", str(tmp_path), "--out", str(tmp_path / "r")])
     assert rc == 2 and "config.json" in capsys.readouterr().err
+
+
+def test_the_autoencoder_runs_in_fp32_under_fp16_autocast(vae_dir):
+    """fp16 overflows in some autoencoders: under fp16 autocast the frozen one runs in fp32
+    (same numbers as without autocast); under bf16 it stays in bf16."""
+    from kolmotok.models.base_ae import BaseAutoencoder
+
+    base, x = BaseAutoencoder(str(vae_dir)), torch.rand(2, 3, 16, 16)
+    z, y = base.encode(x), base.decode(base.encode(x))
+    with torch.autocast("cpu", dtype=torch.float16):
+        z16, y16 = base.encode(x), base.decode(base.encode(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        zb = base.encode(x)
+    assert z16.dtype == y16.dtype == torch.float32 and torch.equal(z16, z) and torch.equal(y16, y)
+    assert zb.dtype == torch.bfloat16

@@ -171,3 +171,18 @@ def test_fsq_codes_round_trip():
     out = model.tokenize(x, torch.zeros(3), 8)
     assert out.codes.dtype == torch.long and out.codes.shape == (3, 8)
     assert torch.allclose(model.codes_to_vectors(out.codes), out.vectors, atol=1e-6)
+
+
+def test_linear_path_stays_fp32_under_mixed_precision(halting_model, varied_images):
+    """Its whitened weights and the exact prefix errors the halting head reads are not rounded
+    to bf16 when training runs under autocast (the transformers are)."""
+    model, x, B = halting_model, varied_images, len(varied_images)
+    eps = torch.full((B,), 0.1)
+    with torch.no_grad():
+        exact = model.encode(x, eps, 8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.encode(x, eps, 8)
+            recon = model.linear_path.decode(exact.direct, 16)
+            assert model.to_token(torch.zeros(1, model.cfg.width)).dtype == torch.bfloat16  # autocast is on
+    assert torch.equal(mixed.linear_errors, exact.linear_errors) and torch.equal(mixed.direct, exact.direct)
+    assert recon.dtype == torch.float32 and torch.equal(recon, model.linear_path.decode(exact.direct, 16))

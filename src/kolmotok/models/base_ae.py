@@ -9,6 +9,7 @@ downloaded. Its weights are not part of our checkpoints: ``config.json`` records
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -56,15 +57,26 @@ class BaseAutoencoder(nn.Module):
     def train(self, mode: bool = True) -> BaseAutoencoder:
         return super().train(False)  # always frozen, eval behaviour
 
+    @staticmethod
+    def _no_fp16(t: torch.Tensor):
+        """Several autoencoders (SDXL's, for one) overflow in fp16 and give inf / NaN: under fp16
+        autocast this one runs in fp32 instead. bf16 has fp32's range and stays on."""
+        device = t.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+            return torch.autocast(device, enabled=False)
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        x = images * 2.0 - 1.0
-        if self.kind == "AutoencoderKL":
-            z = self.ae.encode(x).latent_dist.mode()
-        else:
-            z = self.ae.encode(x).latents
-        return z * self.scale
+        with self._no_fp16(images):
+            x = images.float() * 2.0 - 1.0
+            if self.kind == "AutoencoderKL":
+                z = self.ae.encode(x).latent_dist.mode()
+            else:
+                z = self.ae.encode(x).latents
+            return z * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Differentiable (the tokenizer's decoder learns through it); output roughly in [0, 1]."""
-        return (self.ae.decode(latents / self.scale).sample + 1.0) / 2.0
+        with self._no_fp16(latents):
+            return (self.ae.decode(latents.float() / self.scale).sample + 1.0) / 2.0

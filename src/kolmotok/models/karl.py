@@ -34,6 +34,12 @@ PCA_RANK_TOLERANCE = 1e-4
 EPS_REFERENCE = 0.05  # where the direct eps term of the halting logits is zero
 
 
+def full_precision(t: torch.Tensor):
+    """Context in which mixed-precision autocast is off, for work on ``t``'s device that must
+    stay fp32 (the quantizer; the linear path's whitened PCA weights and exact errors)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class Latents(NamedTuple):
     latents: torch.Tensor  # (B, T, D) encoder outputs at the latent-token positions
     halt_logits: torch.Tensor  # (B, T) logit of P(token is unnecessary)
@@ -73,13 +79,19 @@ class LinearPath(nn.Module):
             return images.flatten(1)
         return F.interpolate(images, size=(self.resolution, self.resolution), mode="area").flatten(1)
 
+    # every method runs in fp32, under mixed precision too: the whitened weights have large gains,
+    # and the prefix errors feed the halting head the exact values it sees at inference
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._small(images), self.enc_weight, self.enc_bias).view(-1, self.max_tokens, self.code_dim)
+        with full_precision(images):
+            return F.linear(self._small(images.float()), self.enc_weight, self.enc_bias).view(
+                -1, self.max_tokens, self.code_dim)
 
     def decode(self, vectors: torch.Tensor, size: int) -> torch.Tensor:
         r = self.resolution
-        base = F.linear(vectors.flatten(1), self.dec_weight, self.dec_bias).view(-1, 3, r, r)
-        return base if size == r else F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+        with full_precision(vectors):
+            base = F.linear(vectors.flatten(1).float(), self.dec_weight, self.dec_bias).view(-1, 3, r, r)
+            return base if size == r else F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def prefix_errors(self, images: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -89,12 +101,13 @@ class LinearPath(nn.Module):
         T = vectors.shape[1]
         weight = self.dec_weight.view(-1, self.max_tokens, self.code_dim)[:, :T]
         weight = weight.permute(1, 2, 0).float().contiguous()  # (T, d, P)
-        target = self._small(images.float())
-        recon = self.dec_bias.float().expand_as(target)
-        errors = []
-        for t in range(T):  # a loop keeps the working set at (B, P): 3x faster on CPU than one (B, T, P) tensor
-            recon = torch.addmm(recon, vectors[:, t].float(), weight[t])  # (out of place: FLOP counters see it)
-            errors.append((recon.clamp(0.0, 1.0) - target).abs().mean(-1))
+        with full_precision(images):  # addmm would otherwise accumulate in bf16 / fp16
+            target = self._small(images.float())
+            recon = self.dec_bias.float().expand_as(target)
+            errors = []
+            for t in range(T):  # a loop keeps the working set at (B, P): 3x faster on CPU than one (B, T, P) tensor
+                recon = torch.addmm(recon, vectors[:, t].float(), weight[t])  # (out of place: FLOP counters see it)
+                errors.append((recon.clamp(0.0, 1.0) - target).abs().mean(-1))
         return torch.stack(errors, 1)
 
     @torch.no_grad()
@@ -272,7 +285,7 @@ class KARLTokenizer(nn.Module):
         pre = self.to_token(latents.latents)
         if latents.direct is not None:
             pre = pre + latents.direct
-        with torch.autocast(pre.device.type, enabled=False):  # quantize in fp32 under mixed precision
+        with full_precision(pre):
             return self.quantizer(pre.float())
 
     def decode(self, vectors: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
