@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -360,7 +361,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
     if not args.data.startswith("folder:"):
         raise ValueError(f"--data {args.data!r}: tokenize reads folder:PATH")
-    ddp, device = init_distributed(args.device or "auto")
+    # its barriers wait for rank 0 to list the whole tree, then for the slowest rank's shards
+    ddp, device = init_distributed(args.device or "auto", timeout=datetime.timedelta(hours=24))
     tok = load(args.ckpt, device=device)
     summary = tokenize_folder(tok, args.data.partition(":")[2], args.out, args.epsilon,
                               checkpoint=checkpoint_label(args.ckpt), shard_size=args.shard_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,15 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def check_same(self, value, what: str, hint: str) -> None:
+        """ValueError unless every rank holds the same ``value`` (one collective, on every rank)."""
+        if self.world == 1:
+            return
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        if any(v != values[0] for v in values):
+            raise ValueError(f"the processes disagree on {what} (by rank: {values}); {hint}")
+
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average logged scalars over the ranks (each saw its own slice of the batch)."""
         if self.world == 1 or not values:
@@ -44,8 +54,9 @@ class Dist:
         return dict(zip(values, (t / self.world).tolist()))
 
 
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the process group when launched by torchrun; pick this process's device."""
+def init_distributed(device_name: str, timeout: timedelta | None = None) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun; pick this process's device.
+    ``timeout``: how long a collective may wait for the slowest rank (default: torch's)."""
     requested = resolve_device(device_name)  # ValueError naming an unknown or absent device
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -57,7 +68,7 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
                          "device(s); start at most that many processes per node (--nproc_per_node) or use "
                          "--device cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)

@@ -94,12 +94,16 @@ def exact_halting_labels(lengths: torch.Tensor, T: int) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def collect_features(model: KARLTokenizer, images: torch.Tensor, epsilon: torch.Tensor, batch: int = 256,
-                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     progress: bool = False, pairs: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frozen-encoder inputs of the halting head for each (image, eps) pair: latents (N, T, D)
-    in half precision and the linear path's prefix errors (N, T) (None without a linear path)."""
+    in half precision and the linear path's prefix errors (N, T) (None without a linear path).
+    Pair i is image ``pairs[i]`` (default: image i), indexed a batch at a time, so the images
+    are never copied once per target."""
     T, latents, errors = model.cfg.max_tokens, [], []
-    for start in tqdm(range(0, len(images), batch), desc="features", disable=not progress):
-        x, e = images[start:start + batch], epsilon[start:start + batch]
+    index = torch.arange(len(images)) if pairs is None else pairs
+    for start in tqdm(range(0, len(index), batch), desc="features", disable=not progress):
+        x, e = images[index[start:start + batch].to(images.device)], epsilon[start:start + batch]
         lat = model.encode(x, e, T)
         latents.append(lat.latents.half().cpu())
         if model.linear_path is not None:
@@ -172,8 +176,8 @@ def exact_label_set(model: KARLTokenizer, images: torch.Tensor, cfg: HaltingFitC
     epsilon = torch.exp(lo + (hi - lo) * torch.rand(len(images) * cfg.targets_per_image, generator=g))
     pairs = torch.arange(len(images)).repeat(cfg.targets_per_image)
     labels, weights = exact_halting_labels(shortest_sufficient(curves[pairs], epsilon)[0], model.cfg.max_tokens)
-    latents, linear_errors = collect_features(model, images[pairs], epsilon.to(images.device), cfg.inference_batch,
-                                              progress)
+    latents, linear_errors = collect_features(model, images, epsilon.to(images.device), cfg.inference_batch,
+                                              progress, pairs)
     return LabelSet(epsilon, labels, weights, latents, linear_errors)
 
 

@@ -302,6 +302,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     if tc.threads:
         torch.set_num_threads(tc.threads)
     ddp, device = init_distributed(tc.device)
+    ddp.check_same(existing[-1].name if existing else None, "the checkpoint to resume from",
+                   f"--out {out_dir} must be a folder that every node sees (a shared filesystem)")
     _check_scale_settings(tc, ddp.world)
     torch.manual_seed(tc.seed)
     model = KARLTokenizer(cfg.model).to(device)
