@@ -1,0 +1,54 @@
+"""How well do token counts rank photo crops like PNG size, for KARL and for the oracle?
+
+Reads the per-image counts of a committed `kolmotok bench` run (``results.json``, field
+``sizes``), rebuilds the same evaluation set, and prints Spearman(tokens, PNG bytes) over
+all crops and within the grayscale and the colour crops, with each group's mean tokens and
+mean PNG size. This is where the README's oracle figures for the Spearman criterion come from.
+
+Usage: python benchmarks/complexity_rank.py [--bench benchmarks/results/bench_tiny] [--epsilon 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import kolmotok
+from kolmotok.data import eval_set
+from kolmotok.evaluation.evaluate import spearman_by_colour
+from kolmotok.evaluation.metrics import png_bytes, spearman
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", default="benchmarks/results/bench_tiny", help="a kolmotok bench --out folder")
+    ap.add_argument("--epsilon", type=float, default=0.05)
+    ap.add_argument("--methods", default="karl,oracle")
+    ap.add_argument("--ckpt", default=None, help="the checkpoint the bench ran (for its image size; default shipped)")
+    args = ap.parse_args()
+    res = json.loads((Path(args.bench) / "results.json").read_text())
+    data = eval_set(res["data"], kolmotok.load(args.ckpt, device="cpu").image_size, res["num_images"])
+    images = data.images
+    png = np.array([png_bytes(im) for im in images], dtype=float)
+    gray = ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).numpy()
+    print(f"# python benchmarks/complexity_rank.py --bench {args.bench} --epsilon {args.epsilon:g}")
+    print(f"{res['data']}: {len(images)} crops, {int(gray.sum())} grayscale, {int((~gray).sum())} colour; "
+          f"mean PNG bytes {png[gray].mean():,.0f} (grayscale) vs {png[~gray].mean():,.0f} (colour)")
+    print(f"{'method':<8} {'rho all':>8} {'rho gray':>9} {'rho colour':>11} {'tokens gray':>12} {'tokens colour':>14}")
+    for name in args.methods.split(","):
+        row = next((r for r in res["rows"] if r["method"] == name and abs(r["epsilon"] - args.epsilon) < 1e-9), None)
+        if row is None or not row.get("sizes"):
+            raise SystemExit(f"{args.bench}: no per-image counts of {name!r} at eps {args.epsilon:g}")
+        tokens = np.array(row["sizes"], dtype=float)
+        if len(tokens) != len(images):
+            raise SystemExit(f"{args.bench}: {len(tokens)} counts for {len(images)} images; another evaluation set")
+        within = spearman_by_colour(images, tokens, png)
+        print(f"{name:<8} {spearman(tokens, png):8.3f} {within['grayscale']:9.3f} {within['colour']:11.3f} "
+              f"{tokens[gray].mean():12.2f} {tokens[~gray].mean():14.2f}")
+
+
+if __name__ == "__main__":
+    main()
