@@ -13,6 +13,7 @@ from conftest import HALTING_TOY, halting_toy, small_config, smooth_images
 from kolmotok.api import Tokenizer
 from kolmotok.checkpoint import load_model, save_checkpoint
 from kolmotok.config import to_dict
+from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.models import KARLTokenizer
 
 
@@ -51,6 +52,24 @@ def test_per_image_epsilon(halting_model, varied_images):
     for i, e in enumerate(eps):  # each image as if encoded alone at its own target
         assert enc.lengths[i] == tok.encode(images[i:i + 1], epsilon=e, budget=8).lengths[0]
     assert enc.lengths[[1, 3, 5]].max() < 8 and len(enc.lengths[[1, 3, 5]].unique()) == 3
+
+
+def test_error_curve_explains_the_count(halting_model, varied_images):
+    """The curve holds decode's error at the kept length, and the shortest prefix within eps is
+    at most one token off this model's halting (conftest.halting_toy keeps one too few)."""
+    tok, x = Tokenizer(halting_model), varied_images
+    enc = tok.encode(x, 0.12)
+    curve = tok.error_curve(x, enc.condition)
+    assert curve.shape == (len(x), 8)
+    torch.testing.assert_close(curve[torch.arange(len(x)), enc.lengths - 1], l1_per_image(tok.decode(enc), x))
+    meets = curve <= 0.12
+    shortest = torch.where(meets, torch.arange(1, 9), 9).min(1).values
+    assert ((shortest == enc.lengths + 1) | (shortest == enc.lengths) | (enc.lengths == 8)).all()
+    assert (shortest == enc.lengths + 1).any(), "halting here keeps one too few for some images"
+    fixed = tok.error_curve(x, 0.0, budget=4)  # fixed-length tokens: the last entry is encode at budget 4
+    torch.testing.assert_close(fixed[:, -1], l1_per_image(tok.decode(tok.encode(x, 0.0, budget=4)), x))
+    with pytest.raises(ValueError, match="budget"):
+        tok.error_curve(x, 0.1, budget=99)
 
 
 def test_one_encoder_and_one_decoder_pass_per_batch(halting_model, varied_images, monkeypatch):

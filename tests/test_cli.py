@@ -121,6 +121,26 @@ def test_encode_with_guarantee_and_verify(tmp_path, capsys):
     assert "no calibration for guarantee 0.5" in capsys.readouterr().err
 
 
+def test_encode_explain_gives_each_image_its_error_curve(tmp_path, capsys):
+    """Shipped model, a flat image and a photo crop: the curve's entry at the kept length is the
+    l1 reported, and the shortest prefix meeting eps is the first curve entry within it."""
+    from kolmotok.data import eval_set
+    from kolmotok.data.images import save_image
+
+    save_image(eval_set("photos:test", 32, 2).images[1], tmp_path / "photo.png")
+    Image.new("RGB", (32, 32), (40, 90, 200)).save(tmp_path / "flat.png")
+    files = [str(tmp_path / "flat.png"), str(tmp_path / "photo.png")]
+    assert main(["encode", *files, "--explain", "--json", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for row in rows:
+        curve = row["error_curve"]
+        assert len(curve) == 32 and curve[row["tokens"] - 1] == pytest.approx(row["l1"], abs=1e-5)
+        assert row["shortest_meeting"] == next(t for t, v in enumerate(curve, 1) if v <= 0.05)
+    assert rows[0]["tokens"] == rows[0]["shortest_meeting"] == 1 and rows[1]["shortest_meeting"] > 1
+    assert main(["encode", *files, "--explain", "--device", "cpu"]) == 0
+    assert "1 would meet eps" in capsys.readouterr().out
+
+
 def test_encode_rejects_bad_flags_before_reading(tmp_path, capsys):
     """A bad flag is reported as such (status 2) even when the inputs are unreadable too."""
     bad = tmp_path / "bad.png"

@@ -299,6 +299,19 @@ class Tokenizer:
             miss[idx[ok]] = False
         return replace(enc, tokens=tokens, lengths=lengths, condition=cond, reencoded=reencoded)
 
+    @torch.no_grad()
+    def error_curve(self, images: torch.Tensor, epsilon: float | Sequence[float] | torch.Tensor = 0.0,
+                    budget: int | None = None) -> torch.Tensor:
+        """Why an image got its count: (B, budget) l1 of the reconstruction from the first t
+        tokens, t = 1..budget, of one encoding at ``epsilon`` (per image allowed, e.g. an
+        encoding's ``condition``), so ``curve[i, lengths[i] - 1]`` is what ``decode`` gives and
+        the shortest t within eps is what halting aimed for. One encoder pass and ``budget``
+        decoder passes: for explaining and checking, not for production."""
+        x = self._check_images(images)
+        eps = self._check_epsilon(epsilon, x.shape[0])
+        T = self._check_budget(budget)
+        return self.model.prefix_l1(x, self.model.quantize(self.model.encode(x, eps, T)).vectors)
+
     def calibrate(self, images: torch.Tensor, alpha: float = 0.1, data: str = "images given to tok.calibrate",
                   progress: bool = False) -> Calibration:
         """Split-conformal calibration on held-out ``images`` (never the training or test set):

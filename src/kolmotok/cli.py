@@ -197,6 +197,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                          verify=args.verify)
         rec = tok.decode(enc)
         errs = l1_per_image(rec, loaded.images)
+        curves = tok.error_curve(loaded.images, enc.condition, enc.budget) if args.explain else None
         for i, path in enumerate(loaded.paths):
             row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
                    "epsilon": args.epsilon, "l1": round(float(errs[i]), 5)}
@@ -207,6 +208,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
                         "condition": round(float(enc.condition[i]), 5)}
             if enc.reencoded is not None:
                 row["reencoded"] = int(enc.reencoded[i])
+            if curves is not None:  # the same tokens at every prefix length: where halting stood
+                row["error_curve"] = [round(float(v), 5) for v in curves[i]]
+                if args.epsilon > 0:
+                    meeting = (curves[i] <= args.epsilon).nonzero().flatten()
+                    row["shortest_meeting"] = int(meeting[0]) + 1 if len(meeting) else None
             if args.out:
                 save_image(rec[i], outputs[path])
                 row["reconstruction"] = str(outputs[path])
@@ -222,6 +228,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
                     notes.append(f"guarantee {row['guarantee']:g}" if row["guaranteed"] else "guarantee unattainable")
                 if row.get("reencoded"):
                     notes.append(f"re-encoded {row['reencoded']}x")
+                if "shortest_meeting" in row:
+                    k = row["shortest_meeting"]
+                    notes.append("no prefix meets eps" if k is None else f"{k} would meet eps")
                 print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} ({', '.join(notes)})",
                       flush=True)
     if failed:
@@ -497,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--codes", action="store_true",
                    help="include the token codes, the checkpoint and the working directory in the JSON (for "
                         "kolmotok decode)")
+    n.add_argument("--explain", action="store_true",
+                   help="also decode every prefix of each image's tokens (budget more decoder passes): the "
+                        "shortest that meets eps, and the whole error curve in the JSON")
     n.add_argument("--out", help="write reconstructions (PNG) to this directory, mirroring the inputs' folders "
                    "(STEM.recon.png)")
     n.set_defaults(func=cmd_encode)

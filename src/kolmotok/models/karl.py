@@ -350,6 +350,15 @@ class KARLTokenizer(nn.Module):
             codes = q.codes * keep[..., None]
         return Tokens(codes, q.vectors * keep[..., None], lengths, lat.halt_logits)
 
+    def prefix_l1(self, images: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W), (B, T, d) token vectors -> (B, T): l1 of the reconstruction from the
+        first t of them, t = 1..T (one decoder pass per length)."""
+        from ..evaluation.metrics import l1_per_image
+
+        B, T = vectors.shape[:2]
+        return torch.stack([l1_per_image(self.decode(vectors, torch.full((B,), t, device=vectors.device))
+                                         .clamp(0.0, 1.0), images) for t in range(1, T + 1)], 1)
+
     def codes_to_vectors(self, codes: torch.Tensor) -> torch.Tensor:
         return self.quantizer.codes_to_vectors(codes)
 

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_model, save_checkpoint
 from ..config import to_dict
 from ..data import make_source
-from ..evaluation.metrics import l1_per_image
 from ..models import KARLTokenizer
 from .trainer import FINE_TUNE_ADDITIONS
 
@@ -68,8 +67,7 @@ def prefix_error_curves(model: KARLTokenizer, images: torch.Tensor, batch: int =
     for start in tqdm(range(0, len(images), batch), desc="error curves", disable=not progress):
         x = images[start:start + batch]
         vectors = model.quantize(model.encode(x, torch.zeros(len(x), device=x.device), T)).vectors
-        curves.append(torch.stack([l1_per_image(model.decode(vectors, torch.full((len(x),), t, device=x.device))
-                                                .clamp(0.0, 1.0), x) for t in range(1, T + 1)], 1).cpu())
+        curves.append(model.prefix_l1(x, vectors).cpu())
     return torch.cat(curves)
 
 
