@@ -247,3 +247,27 @@ def test_cli_bench_quick_writes_results_and_figures(checkpoints, tmp_path, capsy
     rc = main(["bench", "--ckpt", str(checkpoints / "karl"), "--data", "shapes", "--epsilons", "0.1",
                "--methods", "karl,oracle", "--quick", "--batch-size", "1", "--device", "cpu"])
     assert rc == 0 and "batch 1;" in capsys.readouterr().out
+
+
+def test_cli_bench_replaces_its_output_as_a_whole_and_refuses_what_it_cannot_do(checkpoints, tmp_path, capsys):
+    ck, base = str(checkpoints / "karl"), str(checkpoints / "baselines")
+    out = tmp_path / "b"
+    common = ["bench", "--ckpt", ck, "--data", "shapes", "--quick", "--device", "cpu"]
+    assert main(common + ["--epsilons", "0.1", "--methods", "karl,oracle", "--out", str(out)]) == 0
+    assert (out / "karl_vs_oracle.png").is_file()
+    # a second run without the oracle: no scatter left over from the first, one row per method
+    assert main(common + ["--epsilons", "0.1", "--methods", "karl,karl,png", "--num-images", "0",
+                          "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "shapes: 16 images" in text and not (out / "karl_vs_oracle.png").exists()
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["karl", "png"]
+    (out / "notes.txt").write_text("mine")
+    for argv, said in [(["--epsilons", "0.1", "--out", str(out)], "holds other files (notes.txt)"),
+                       (["--epsilons", "0,0.1"], "targets above 0"),
+                       (["--epsilons", "0.1", "--ckpt", str(checkpoints / "baselines" / "prefix")],
+                        "a 'prefix' baseline, not a KARL model")]:
+        assert main(common + argv) == 2
+        assert said in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(["calibrate", "--ckpt", base + "/fixed2", "--data", "shapes", "--device", "cpu"]) == 2
+    assert "a 'fixed' baseline" in capsys.readouterr().err

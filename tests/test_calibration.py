@@ -164,8 +164,11 @@ def test_cli_calibrate_stores_it_with_the_checkpoint(tmp_path, model, cfg, capsy
 
     ck = save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": 0})
     rc = main(["calibrate", "--ckpt", str(ck), "--data", "shapes", "--num-images", "40", "--alpha", "0.1,0.25",
-               "--device", "cpu"])
-    assert rc == 0 and "condition" in capsys.readouterr().out
+               "--epsilons", "0,0.005,0.1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "eps 0.1    -> condition" in out
+    assert "eps 0      -> condition 0.0000  (fixed-length mode" in out
+    assert "eps 0.005  -> condition 0.0000  (below the calibrated range, which starts at 0.0102" in out
     assert sorted(load_calibrations(ck)) == [0.1, 0.25]
     tok = load(ck, device="cpu")
     assert tok.encode(torch.rand(2, 3, 16, 16), 0.1, guarantee=0.75).guarantee == 0.75
@@ -182,5 +185,9 @@ def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, cap
     assert 0.1 in load(ckpt, device="cpu").calibrations
     elsewhere = tok.save_calibration(tmp_path / "notes")
     assert elsewhere.is_file() and "not a checkpoint directory" in caplog.text
+    other = save_checkpoint(tmp_path / "other", model, {"model": to_dict(model.cfg)})
+    with pytest.raises(ValueError, match="another checkpoint than the one calibrated"):
+        tok.save_calibration(other)
+    assert not (other / "calibration.json").exists()
     with pytest.raises(ValueError, match="not loaded from a checkpoint"):
         Tokenizer(model).save_calibration()

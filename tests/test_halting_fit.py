@@ -68,6 +68,11 @@ def test_fit_changes_only_the_halting_head_and_learns_the_labels(tmp_path):
     assert _length_error(tok.model, images, eps) < 0.6 * _length_error(model.eval(), images, eps)
 
 
+def test_halting_mlp_width_is_checked():
+    with pytest.raises(ValueError, match="hidden must be >= 0"):
+        HaltingFitConfig(hidden=-3).validate()
+
+
 def test_fit_halting_never_overwrites_a_non_empty_directory(tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.txt").write_text("x")

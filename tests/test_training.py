@@ -216,6 +216,18 @@ def test_an_interrupted_checkpoint_write_leaves_nothing(tmp_path, model, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_checkpoint_files_get_the_usual_permissions(tmp_path, model):
+    from kolmotok.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        ck = save_checkpoint(tmp_path / "ck", model, {}, train_state={"step": 1})
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in ck.iterdir()} == {
+        "model.safetensors": 0o644, "config.json": 0o644, "train_state.pt": 0o644}
+
+
 def test_init_from_checkpoint(tmp_path):
     base = small_config("train.steps=2", "train.data=shapes")
     ckpt = train(base, tmp_path / "base", progress=False)

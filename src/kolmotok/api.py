@@ -353,6 +353,10 @@ class Tokenizer:
         except FileNotFoundError:
             log.warning("%s is not a checkpoint directory: kolmotok.load() will not find the calibration there",
                         directory)
+        else:
+            if self.path is not None and directory.resolve() != Path(self.path).resolve():
+                raise ValueError(f"save_calibration({directory}): another checkpoint than the one calibrated "
+                                 f"({self.path}); a calibration holds only for the weights it was measured on")
         return save_calibrations(directory, self.calibrations)
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, from_dict
-from .io import fsync_path, short_name, write_json
+from .io import atomic_directory, write_json
 from .models import KARLTokenizer
 
 WEIGHTS = "model.safetensors"
@@ -29,35 +29,26 @@ TRAIN_STATE = "train_state.pt"
 STEP_PREFIX = "step_"
 
 
+def require_karl(meta: dict[str, Any], what: str) -> None:
+    """ValueError where a checkpoint's record says it was trained as a baseline (fixed, prefix,
+    recurrent): those have no halting to calibrate, refit or bench as KARL."""
+    kind = (meta.get("run") or {}).get("objective", {}).get("kind", "karl")
+    if kind != "karl":
+        raise ValueError(f"{what}: a {kind!r} baseline, not a KARL model (its halting was never trained); "
+                         f"baselines go to `kolmotok bench --baselines DIR`")
+
+
 def save_checkpoint(directory: Path, model: torch.nn.Module, meta: dict[str, Any],
                     train_state: dict[str, Any] | None = None) -> Path:
     """Write a complete checkpoint to ``directory`` atomically (tmp dir + rename)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{short_name(directory.name)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_directory(directory) as tmp:  # an error or an interrupt leaves no half-written directory
         weights = model.own_state_dict() if hasattr(model, "own_state_dict") else model.state_dict()
         state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         save_file(state, str(tmp / WEIGHTS))
         write_json(tmp / CONFIG, meta)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
-        for written in (tmp / WEIGHTS, tmp / TRAIN_STATE, tmp):  # content on disk before the rename names it
-            if written.exists():
-                fsync_path(written)
-    except BaseException:  # an error or an interrupt: no half-written directory is left
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if directory.exists():
-        old = directory.parent / f".old-{directory.name}-{os.getpid()}"
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, directory)
     return directory
 
 

@@ -321,11 +321,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
+    from .checkpoint import require_karl
     from .data import eval_set
 
     tok = _load(args)
+    require_karl(tok.meta, f"calibrate --ckpt {args.ckpt or 'shipped'}")
     data = eval_set(args.data, tok.image_size, args.num_images)
-    if args.data.startswith("photos:") and args.data != "photos:calib":
+    if (args.data == "photos" or args.data.startswith("photos:")) and args.data != "photos:calib":
         log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)",
                     args.data)
     for cal in tok.calibrate_alphas(data.images, args.alpha, data=args.data, progress=not args.no_progress):
@@ -333,20 +335,45 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"alpha = {alpha} (guarantee {cal.guarantee:.3g}), {cal.num_images} images of {args.data}:")
         for eps in args.epsilons:
             cond, ok = cal.lookup(torch.tensor([eps]))
-            note = "" if bool(ok) else "  (not attainable: the full budget misses eps too often; uses every token)"
-            print(f"  eps {eps:5.3f} -> condition {float(cond):.4f}{note}")
+            if eps == 0:
+                note = "  (fixed-length mode: every token, no target to guarantee)"
+            elif eps < cal.epsilons[0]:
+                note = f"  (below the calibrated range, which starts at {cal.epsilons[0]:g}; uses every token)"
+            else:
+                note = "" if bool(ok) else "  (not attainable: the full budget misses eps too often; uses every token)"
+            print(f"  eps {eps:<6g} -> condition {float(cond):.4f}{note}")
     print(f"saved: {tok.save_calibration(args.out)}")
     return 0
 
 
+def check_bench_output(out: Path) -> None:
+    """A bench replaces its --out folder as a whole: it must be new or hold a bench's files only."""
+    from .evaluation.bench import RESULT_FILES
+    from .evaluation.figures import FIGURES
+
+    others = sorted(p.name for p in out.iterdir() if p.name not in {*RESULT_FILES, *FIGURES}) if out.is_dir() else []
+    if others:
+        raise ValueError(f"--out {out}: the bench replaces this folder with its results, and it holds other files "
+                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give a new folder")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    from .checkpoint import require_karl
     from .data import eval_set
     from .evaluation.bench import DEFAULT_METHODS, build_methods, format_bench, run_bench, save_bench
     from .evaluation.figures import write_figures
+    from .io import atomic_directory
 
+    if min(args.epsilons) <= 0:
+        raise ValueError("--epsilons: the bench compares methods at targets above 0 (eps 0 is fixed-length "
+                         "mode: the fixed-length table covers it)")
+    if args.out:
+        check_bench_output(Path(args.out))
     tok = _load(args)
-    methods = build_methods(args.methods or list(DEFAULT_METHODS), tok, args.baselines, device=args.device)
-    num = args.num_images if not args.quick else min(args.num_images, 16)
+    require_karl(tok.meta, f"bench --ckpt {args.ckpt or 'shipped'}")
+    names = list(dict.fromkeys(args.methods or DEFAULT_METHODS))  # a repeat would be a second, identical row
+    methods = build_methods(names, tok, args.baselines, device=args.device)
+    num = args.num_images if not args.quick else min(args.num_images or 16, 16)  # (0 = all, but not in --quick)
     data = eval_set(args.data, tok.image_size, num)
     res = run_bench(methods, data, args.epsilons, tok.max_tokens, batch=args.batch_size, count_flops=not args.quick,
                     timing_rounds=1 if args.quick else args.timing_rounds)
@@ -354,10 +381,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_bench(res))
     if args.out:
         out = Path(args.out)
-        save_bench(res, out)
         sheet_eps = 0.05 if 0.05 in args.epsilons else args.epsilons[0]
-        for path in write_figures(res, methods, data.images, out, sheet_eps):
-            log.info("wrote %s", path)
+        with atomic_directory(out) as tmp:  # all of this run's files, or none: no mix with an earlier run's
+            save_bench(res, tmp)
+            figures = write_figures(res, methods, data.images, tmp, sheet_eps)
+        for path in figures:
+            log.info("wrote %s", out / path.name)
         print(f"results: {out / 'results.json'}")
     return 0
 

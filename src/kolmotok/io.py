@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``directory``; on success it replaces
+    ``directory`` (and everything in it) by renames, with its files flushed to disk and given
+    the usual permissions. On an error or an interrupt nothing is left and ``directory`` is as it was."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{short_name(directory.name)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for written in [*sorted(tmp.rglob("*")), tmp]:  # content on disk before the rename names it
+            if written.is_file():
+                os.chmod(written, 0o666 & ~_umask())  # some writers (safetensors) make 0600 files
+            fsync_path(written)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if directory.exists():
+        old = directory.parent / f".old-{short_name(directory.name)}-{os.getpid()}"
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, directory)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -375,9 +375,10 @@ def karl_oracle_spearman(res: BenchResult) -> list[tuple[float, float]]:
     return [(e, spearman(np.array(k.sizes), np.array(o.sizes))) for e, k, o in pairs if k and o]
 
 
+RESULT_FILES = ("results.json", "results.txt")
+
+
 def save_bench(res: BenchResult, out: Path) -> None:
-    if (out / "results.json").exists():
-        log.warning("replacing the results in %s", out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", res.to_dict())
     write_text(out / "results.txt", format_bench(res) + "\n")

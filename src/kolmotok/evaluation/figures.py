@@ -118,11 +118,20 @@ def example_sheet(methods: list[Method], images: torch.Tensor, epsilon: float, p
     return _save(fig, path)
 
 
+FIGURES = ("rate_distortion.png", "tokens_vs_epsilon.png", "count_histograms.png", "karl_vs_oracle.png",
+           "examples.png")
+
+
 def write_figures(res: BenchResult, methods: list[Method], images: torch.Tensor, out: Path,
                   sheet_epsilon: float = 0.05) -> list[Path]:
+    """The figures of :data:`FIGURES` a bench has data for (token counts need a tokenizer among
+    the methods, the KARL-oracle scatter both of them)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [rate_distortion(res, out / "rate_distortion.png"), tokens_vs_epsilon(res, out / "tokens_vs_epsilon.png"),
-             count_histograms(res, out / "count_histograms.png")]
+    paths = []
+    if any(r.unit == "tokens" for r in res.rows):
+        paths += [rate_distortion(res, out / "rate_distortion.png"),
+                  tokens_vs_epsilon(res, out / "tokens_vs_epsilon.png"),
+                  count_histograms(res, out / "count_histograms.png")]
     if karl_oracle_spearman(res):
         paths.append(karl_vs_oracle(res, out / "karl_vs_oracle.png"))
     paths.append(example_sheet(methods, images[:256], sheet_epsilon, out / "examples.png"))

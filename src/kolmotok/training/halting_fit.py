@@ -17,6 +17,7 @@ runs them and writes the checkpoint. docs/DESIGN.md §4 has the numbers.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,13 +28,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_model, save_checkpoint
+from ..checkpoint import load_model, require_karl, save_checkpoint
 from ..config import to_dict
 from ..data import make_source
 from ..models import KARLTokenizer
 from .trainer import FINE_TUNE_ADDITIONS
 
 HALTING_PREFIXES = ("halt_head.", "halt_eps_gain", "halt_mlp.")
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +61,8 @@ class HaltingFitConfig:
         for name in ("images", "targets_per_image", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden < 0:
+            raise ValueError(f"hidden must be >= 0 (0: no halting MLP is added), got {self.hidden}")
 
 
 @torch.no_grad()
@@ -201,7 +207,13 @@ def fit_halting(ckpt: str | Path, out: str | Path, cfg: HaltingFitConfig | None 
                          "checkpoint there, so give a new directory")
     start = time.time()
     model, meta = load_model(ckpt, device)
+    require_karl(meta, f"fit-halting --ckpt {ckpt}")
     model = with_halting_mlp(model, cfg.hidden, cfg.seed).eval()
+    if cfg.hidden != model.cfg.halting_hidden:  # the record says what was fitted
+        log.warning("the halting MLP is %d wide (%s); hidden %d does not apply", model.cfg.halting_hidden,
+                    "the checkpoint's own" if model.cfg.halting_hidden else "none: the model has no linear path",
+                    cfg.hidden)
+        cfg = replace(cfg, hidden=model.cfg.halting_hidden)
     g = torch.Generator().manual_seed(cfg.seed)
     images = make_source(cfg.data, model.cfg.image_size).sample(cfg.images, g).to(device)
     data = exact_label_set(model, images, cfg, g, progress)
