@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
 import kolmotok
+from kolmotok.cli import check_output, report_errors
 from kolmotok.data import eval_set
 from kolmotok.evaluation.evaluate import DEFAULT_EPSILONS, evaluate, format_report
 from kolmotok.evaluation.metrics import l1_per_image
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out")
     args = ap.parse_args()
+    check_output(args.out, directory=False)  # before the minutes of work, not after
     tok = kolmotok.load(args.ckpt, device=args.device)
     photos = evaluate(tok, eval_set("photos:test", tok.image_size), DEFAULT_EPSILONS)
     shapes = evaluate(tok, eval_set("shapes", tok.image_size), DEFAULT_EPSILONS)
@@ -98,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

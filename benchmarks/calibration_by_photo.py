@@ -16,11 +16,14 @@ Usage: python benchmarks/calibration_by_photo.py [--ckpt DIR] [--alpha 0.1]
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
 import kolmotok
 from kolmotok.calibration import CONDITION_GRID, calibrate_errors, measure_conditions
+from kolmotok.cli import report_errors
 from kolmotok.data import eval_set
 from kolmotok.evaluation.evaluate import run_batched
 
@@ -82,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import kolmotok
+from kolmotok.cli import report_errors
 from kolmotok.data import eval_set
 from kolmotok.evaluation.evaluate import spearman_by_colour
 from kolmotok.evaluation.metrics import png_bytes, spearman
@@ -41,14 +43,16 @@ def main() -> None:
     for name in args.methods.split(","):
         row = next((r for r in res["rows"] if r["method"] == name and abs(r["epsilon"] - args.epsilon) < 1e-9), None)
         if row is None or not row.get("sizes"):
-            raise SystemExit(f"{args.bench}: no per-image counts of {name!r} at eps {args.epsilon:g}")
+            raise ValueError(f"{args.bench}: no per-image counts of {name!r} at eps {args.epsilon:g}")
         tokens = np.array(row["sizes"], dtype=float)
         if len(tokens) != len(images):
-            raise SystemExit(f"{args.bench}: {len(tokens)} counts for {len(images)} images; another evaluation set")
-        within = spearman_by_colour(images, tokens, png)
-        print(f"{name:<8} {spearman(tokens, png):8.3f} {within['grayscale']:9.3f} {within['colour']:11.3f} "
+            raise ValueError(f"{args.bench}: {len(tokens)} counts for {len(images)} images; another evaluation "
+                             "set (a folder bench cannot be rebuilt here: use a built-in set such as photos:test)")
+        within = spearman_by_colour(images, tokens, png)  # (a group under 10 images has no rho: nan)
+        gray_rho, colour_rho = within.get("grayscale", float("nan")), within.get("colour", float("nan"))
+        print(f"{name:<8} {spearman(tokens, png):8.3f} {gray_rho:9.3f} {colour_rho:11.3f} "
               f"{tokens[gray].mean():12.2f} {tokens[~gray].mean():14.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

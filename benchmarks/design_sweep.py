@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from kolmotok.cli import report_errors
+
 # the tiny preset's defaults when the sweep was run (docs/DESIGN.md §1), before the PCA linear
 # path and the later objective changes; every candidate starts from these
 SWEEP_BASE = ["model.linear_path=false", "model.quantizer=fsq", "model.token_dim=16", "optim.lr=0.002",
@@ -94,4 +96,4 @@ def main() -> None:
         print(f"==== {n} on {data}\n{out}{err[-2000:] if p.returncode else ''}", flush=True)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

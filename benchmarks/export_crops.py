@@ -10,8 +10,10 @@ stem). ``--only`` keeps the images of one source. The README's monitoring exampl
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from kolmotok.cli import check_output, report_errors
 from kolmotok.data import eval_set
 from kolmotok.data.images import save_image
 
@@ -24,8 +26,12 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--only", help="keep the images of this source (photograph) only")
     args = p.parse_args()
+    check_output(args.out, directory=True)
     data = eval_set(args.data, args.size, args.num_images)
     names = data.names or [args.data.partition(":")[0]] * len(data.images)
+    if args.only is not None and args.only not in names:
+        raise ValueError(f"--only {args.only!r}: no image of {args.data} comes from it; sources: "
+                         f"{', '.join(sorted(set(names))[:10])}")
     kept = 0
     for i, (image, name) in enumerate(zip(data.images, names)):
         if args.only is None or name == args.only:
@@ -35,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

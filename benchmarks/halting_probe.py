@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import kolmotok
+from kolmotok.cli import report_errors
 from kolmotok.data import eval_set, make_source
 from kolmotok.models import lengths_from_halting
 from kolmotok.models.karl import EPS_REFERENCE
@@ -123,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_errors(Path(__file__).name, main))

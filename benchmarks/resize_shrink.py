@@ -10,6 +10,7 @@ difference from resizing the full image, and the time of each way.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
+from kolmotok.cli import report_errors
 from kolmotok.data.images import load_image, read_rgb, resize_center_crop
 
 CASES = [(700, 530, 64), (2100, 1590, 32), (6000, 4000, 32), (4000, 6000, 32)]  # width, height, model size
@@ -44,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

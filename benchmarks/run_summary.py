@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from kolmotok.cli import report_errors
 
 
 def summarise(run: Path) -> str:
@@ -52,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

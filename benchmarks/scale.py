@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kolmotok.cli import report_errors
 from kolmotok.data import eval_set
 from kolmotok.data.images import save_image
 
@@ -95,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

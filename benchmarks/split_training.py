@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 from conftest import small_config  # noqa: E402
+from kolmotok.cli import report_errors  # noqa: E402
 from kolmotok.training import train  # noqa: E402
 
 COMMON = ["train.data=shapes", "train.eval_every=0", "train.threads=1", "train.device=cpu"]
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

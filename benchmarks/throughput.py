@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
 import kolmotok
+from kolmotok.cli import report_errors
 from kolmotok.config import get_preset
 from kolmotok.models import KARLTokenizer
 from kolmotok.training import KARLObjective
@@ -101,8 +104,11 @@ def main() -> None:
     kind = "allocated on GPU" if tok.device.type == "cuda" else "process RSS"
     print(f"peak memory: {peak_memory_mb(tok.device):.0f} MiB ({kind})")
     if args.compare:
+        first = args.ckpt or "shipped"
+        if args.compare == first:
+            raise ValueError(f"--compare {args.compare}: the same checkpoint as --ckpt; name another one")
         other = kolmotok.load(args.compare, device=args.device)
-        compare({args.ckpt or "shipped": tok, args.compare: other}, x, args.rounds, args.repeats)
+        compare({first: tok, args.compare: other}, x, args.rounds, args.repeats)
     if not args.train_steps:
         return
     print("\npreset | params  | image | T_max | batch | train s/step (two-phase objective)")
@@ -120,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

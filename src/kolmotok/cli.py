@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
@@ -645,22 +646,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s" if rank == 0 else
                         f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+
+    def work() -> int:
+        check_output(getattr(args, "out", None), directory=args.command not in FILE_OUTPUTS)
+        return args.func(args)
+
+    return report_errors(f"kolmotok {args.command}", work)
+
+
+def report_errors(name: str, work: Callable[[], int | None]) -> int:
+    """Run ``work`` and turn what a user can cause into one line on stderr and an exit status:
+    bad input 2, Ctrl-C or SIGTERM 130, a failed write 1 (also for the scripts in benchmarks/)."""
     try:
         with _sigterm_interrupts():
-            check_output(getattr(args, "out", None), directory=args.command not in FILE_OUTPUTS)
-            return args.func(args)
+            return work() or 0
     except (ValueError, FileNotFoundError) as exc:
-        print(f"kolmotok {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"kolmotok {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`kolmotok encode ... | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
     except OSError as exc:  # a write that failed anyway (disk full, permissions changed meanwhile)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"kolmotok {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
