@@ -1,7 +1,9 @@
 """Baselines through the shared Method interface, pass counting, codecs, and `kolmotok bench`."""
 
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -269,5 +271,11 @@ def test_cli_bench_replaces_its_output_as_a_whole_and_refuses_what_it_cannot_do(
         assert main(common + argv) == 2
         assert said in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+    os.chdir(tmp_path)  # (restored below) the working directory cannot be replaced
+    try:
+        assert main(common + ["--epsilons", "0.1", "--out", "."]) == 2
+    finally:
+        os.chdir(Path(__file__).parent)
+    assert "the working directory is in it" in capsys.readouterr().err
     assert main(["calibrate", "--ckpt", base + "/fixed2", "--data", "shapes", "--device", "cpu"]) == 2
     assert "a 'fixed' baseline" in capsys.readouterr().err

@@ -174,7 +174,7 @@ def test_cli_calibrate_stores_it_with_the_checkpoint(tmp_path, model, cfg, capsy
     assert tok.encode(torch.rand(2, 3, 16, 16), 0.1, guarantee=0.75).guarantee == 0.75
 
 
-def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, caplog):
+def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, caplog, monkeypatch):
     from kolmotok.checkpoint import save_checkpoint
     from kolmotok.config import to_dict
 
@@ -189,5 +189,8 @@ def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, cap
     with pytest.raises(ValueError, match="another checkpoint than the one calibrated"):
         tok.save_calibration(other)
     assert not (other / "calibration.json").exists()
+    # the command refuses it before measuring anything
+    monkeypatch.setattr("kolmotok.api.measure_conditions", lambda *a, **k: pytest.fail("measured"))
+    assert main(["calibrate", "--ckpt", str(ckpt), "--out", str(other), "--data", "shapes", "--device", "cpu"]) == 2
     with pytest.raises(ValueError, match="not loaded from a checkpoint"):
         Tokenizer(model).save_calibration()

@@ -340,6 +340,13 @@ class Tokenizer:
         Default: beside the weights it was loaded from, where :func:`load` finds it; a run
         directory means its latest checkpoint. Another directory is written as asked, with a
         warning that ``load`` will not read it from there."""
+        directory = self.check_calibration_target(directory)
+        return save_calibrations(directory, self.calibrations)
+
+    def check_calibration_target(self, directory: str | Path | None) -> Path:
+        """Where :meth:`save_calibration` would write (``directory`` resolved), or ValueError: a
+        file, or a checkpoint other than the one this tokenizer was loaded from (a calibration
+        holds only for the weights it was measured on). A plain directory gets a warning."""
         if directory is None:
             if self.path is None:
                 raise ValueError("save_calibration(): this tokenizer was not loaded from a checkpoint; "
@@ -349,15 +356,15 @@ class Tokenizer:
             raise ValueError(f"save_calibration({directory}): a file; give the checkpoint directory "
                              "(calibration.json is written inside it)")
         try:
-            directory = resolve_checkpoint(directory)
+            resolved = resolve_checkpoint(directory)
         except FileNotFoundError:
             log.warning("%s is not a checkpoint directory: kolmotok.load() will not find the calibration there",
                         directory)
-        else:
-            if self.path is not None and directory.resolve() != Path(self.path).resolve():
-                raise ValueError(f"save_calibration({directory}): another checkpoint than the one calibrated "
-                                 f"({self.path}); a calibration holds only for the weights it was measured on")
-        return save_calibrations(directory, self.calibrations)
+            return Path(directory)
+        if self.path is not None and resolved.resolve() != Path(self.path).resolve():
+            raise ValueError(f"save_calibration({directory}): another checkpoint than the one calibrated "
+                             f"({self.path}); a calibration holds only for the weights it was measured on")
+        return resolved
 
     @torch.no_grad()
     def decode(self, encoding: Encoding | torch.Tensor | Sequence[torch.Tensor],

@@ -322,11 +322,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
+    from .calibration import save_calibrations
     from .checkpoint import require_karl
     from .data import eval_set
 
     tok = _load(args)
     require_karl(tok.meta, f"calibrate --ckpt {args.ckpt or 'shipped'}")
+    target = tok.check_calibration_target(args.out)  # before the minutes of measuring, not after
     data = eval_set(args.data, tok.image_size, args.num_images)
     if (args.data == "photos" or args.data.startswith("photos:")) and args.data != "photos:calib":
         log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)",
@@ -343,14 +345,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             else:
                 note = "" if bool(ok) else "  (not attainable: the full budget misses eps too often; uses every token)"
             print(f"  eps {eps:<6g} -> condition {float(cond):.4f}{note}")
-    print(f"saved: {tok.save_calibration(args.out)}")
+    print(f"saved: {save_calibrations(target, tok.calibrations)}")
     return 0
 
 
 def check_bench_output(out: Path) -> None:
-    """A bench replaces its --out folder as a whole: it must be new or hold a bench's files only."""
+    """A bench replaces its --out folder as a whole: it must be new or hold a bench's files only,
+    and it cannot be the working directory or hold it."""
     from .evaluation.bench import RESULT_FILES
     from .evaluation.figures import FIGURES
+
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ValueError(f"--out {out}: the bench replaces this folder as a whole, and the working directory is "
+                         "in it; give a folder of its own, e.g. --out bench-results")
 
     others = sorted(p.name for p in out.iterdir() if p.name not in {*RESULT_FILES, *FIGURES}) if out.is_dir() else []
     if others:

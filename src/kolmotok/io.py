@@ -71,29 +71,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_directory(directory: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``directory``; on success it replaces
     ``directory`` (and everything in it) by renames, with its files flushed to disk and given
-    the usual permissions. On an error or an interrupt nothing is left and ``directory`` is as it was."""
-    directory = Path(directory)
+    the usual permissions. A symbolic link is followed: its target is replaced. On an error or
+    an interrupt the temporary directory is removed and ``directory`` is as it was."""
+    directory = Path(os.path.realpath(directory))
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{short_name(directory.name)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{short_name(directory.name)}-", dir=directory.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp
         for written in [*sorted(tmp.rglob("*")), tmp]:  # content on disk before the rename names it
             if written.is_file():
                 os.chmod(written, 0o666 & ~_umask())  # some writers (safetensors) make 0600 files
             fsync_path(written)
+        _swap_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if directory.exists():
-        old = directory.parent / f".old-{short_name(directory.name)}-{os.getpid()}"
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, directory)
+
+
+def _swap_in(new: Path, directory: Path) -> None:
+    """Rename ``new`` to ``directory``; an existing ``directory`` is moved aside first, put back
+    if the second rename fails, and deleted once it succeeded."""
+    if not directory.exists():
+        os.rename(new, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".old-{short_name(directory.name)}-", dir=directory.parent))
+    os.rmdir(old)  # only its unique name is wanted
+    os.rename(directory, old)
+    try:
+        os.rename(new, directory)
+    except BaseException:
+        os.rename(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:
