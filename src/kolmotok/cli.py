@@ -200,43 +200,50 @@ def cmd_encode(args: argparse.Namespace) -> int:
         errs = l1_per_image(rec, loaded.images)
         curves = tok.error_curve(loaded.images, enc.condition, enc.budget) if args.explain else None
         for i, path in enumerate(loaded.paths):
-            row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget,
-                   "epsilon": args.epsilon, "l1": round(float(errs[i]), 5)}
-            if args.epsilon > 0:  # eps = 0 is fixed-length mode: no target to meet
-                row["meets_epsilon"] = bool(errs[i] <= args.epsilon)
-            if enc.guarantee is not None:
-                row |= {"guarantee": enc.guarantee, "guaranteed": bool(enc.guaranteed[i]),
-                        "condition": round(float(enc.condition[i]), 5)}
-            if enc.reencoded is not None:
-                row["reencoded"] = int(enc.reencoded[i])
-            if curves is not None:  # the same tokens at every prefix length: where halting stood
-                row["error_curve"] = [round(float(v), 5) for v in curves[i]]
-                if args.epsilon > 0:
-                    meeting = (curves[i] <= args.epsilon).nonzero().flatten()
-                    row["shortest_meeting"] = int(meeting[0]) + 1 if len(meeting) else None
+            row = _encode_row(path, enc, i, float(errs[i]), args.epsilon, None if curves is None else curves[i])
             if args.out:
                 save_image(rec[i], outputs[path])
                 row["reconstruction"] = str(outputs[path])
             if args.codes:  # with the checkpoint that decodes them (kolmotok decode)
                 row |= {"codes": enc.tokens[i, : int(enc.lengths[i])].tolist(),
                         "checkpoint": checkpoint_record(tok.path), "cwd": os.getcwd()}
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                notes = ([f"{'meets' if row['meets_epsilon'] else 'misses'} eps={args.epsilon}"]
-                         if "meets_epsilon" in row else ["fixed-length mode"])
-                if "guarantee" in row:
-                    notes.append(f"guarantee {row['guarantee']:g}" if row["guaranteed"] else "guarantee unattainable")
-                if row.get("reencoded"):
-                    notes.append(f"re-encoded {row['reencoded']}x")
-                if "shortest_meeting" in row:
-                    k = row["shortest_meeting"]
-                    notes.append("no prefix meets eps" if k is None else f"{k} would meet eps")
-                print(f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} ({', '.join(notes)})",
-                      flush=True)
+            print(json.dumps(row) if args.json else _encode_line(path, row, args.epsilon), flush=True)
     if failed:
         print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _encode_row(path: Path, enc, i: int, l1: float, epsilon: float, curve) -> dict:
+    """What `encode` reports of image ``i`` of an encoding (``curve``: its --explain error curve)."""
+    row = {"path": str(path), "tokens": int(enc.lengths[i]), "budget": enc.budget, "epsilon": epsilon,
+           "l1": round(l1, 5)}
+    if epsilon > 0:  # eps = 0 is fixed-length mode: no target to meet
+        row["meets_epsilon"] = l1 <= epsilon
+    if enc.guarantee is not None:
+        row |= {"guarantee": enc.guarantee, "guaranteed": bool(enc.guaranteed[i]),
+                "condition": round(float(enc.condition[i]), 5)}
+    if enc.reencoded is not None:
+        row["reencoded"] = int(enc.reencoded[i])
+    if curve is not None:  # the same tokens at every prefix length: where halting stood
+        row["error_curve"] = [round(float(v), 5) for v in curve]
+        if epsilon > 0:
+            meeting = (curve <= epsilon).nonzero().flatten()
+            row["shortest_meeting"] = int(meeting[0]) + 1 if len(meeting) else None
+    return row
+
+
+def _encode_line(path: Path, row: dict, epsilon: float) -> str:
+    """:func:`_encode_row` as one line of text."""
+    notes = ([f"{'meets' if row['meets_epsilon'] else 'misses'} eps={epsilon}"]
+             if "meets_epsilon" in row else ["fixed-length mode"])
+    if "guarantee" in row:
+        notes.append(f"guarantee {row['guarantee']:g}" if row["guaranteed"] else "not guaranteed")
+    if row.get("reencoded"):
+        notes.append(f"re-encoded {row['reencoded']}x")
+    if "shortest_meeting" in row:
+        k = row["shortest_meeting"]
+        notes.append("no prefix meets eps" if k is None else f"{k} would meet eps")
+    return f"{path}: {row['tokens']}/{row['budget']} tokens, l1 {row['l1']:.4f} ({', '.join(notes)})"
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
