@@ -109,6 +109,15 @@ def test_cli_tokenize_exit_status_says_whether_every_file_was_read(tmp_path, che
     assert main(common + ["--data", f"folder:{good}", "--out", str(tmp_path / "t1")]) == 0
     assert main(common + ["--data", f"folder:{junk}", "--out", str(tmp_path / "t2")]) == 2
     assert "no readable images; the reasons are in" in capsys.readouterr().err
+    (good / "b.png").write_bytes(b"not a png")  # a new output: one of two files unreadable
+    for _ in range(2):  # the rerun has nothing left to do, and still says what was skipped
+        assert main(common + ["--data", f"folder:{good}", "--out", str(tmp_path / "t3")]) == 1
+        assert "1 unreadable files skipped" in capsys.readouterr().err
+    shard = tmp_path / "t1" / "shard-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:100])  # damaged: done again on the next run, with a warning
+    assert main(common + ["--data", f"folder:{good}", "--out", str(tmp_path / "t1")]) == 0  # (planned: a.png)
+    assert "1 new shards (0 already complete)" in capsys.readouterr().out
+    assert kolmotok.read_tokens(tmp_path / "t1").num_rows == 1
 
 
 @pytest.mark.parametrize("option, match", [

@@ -410,7 +410,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from .api import load
     from .checkpoint import checkpoint_label
-    from .tokenize import output_stats, tokenize_folder
+    from .tokenize import output_stats, tokenize_folder, unreadable_count
     from .training.distributed import init_distributed
 
     if not args.data.startswith("folder:"):
@@ -432,12 +432,13 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         print(format_output_stats(stats, args.epsilon, args.guarantee, args.verify))
         if not stats.images:
             raise ValueError(f"{args.data}: no readable images; the reasons are in {args.out}/_errors-*.jsonl")
-    if summary.failures:
-        print(f"rank {ddp.rank}: {summary.failures} unreadable files skipped, listed in {args.out}/_errors-*.jsonl",
+    skipped = unreadable_count(args.out) if ddp.world == 1 else summary.failures  # (one process: this and earlier runs)
+    if skipped:
+        print(f"rank {ddp.rank}: {skipped} unreadable files skipped, listed in {args.out}/_errors-*.jsonl",
               file=sys.stderr)
     # as encode: the rest is done, yet not everything (one process only: torchrun stops every
     # rank when one exits with an error)
-    return 1 if summary.failures and ddp.world == 1 else 0
+    return 1 if skipped and ddp.world == 1 else 0
 
 
 def format_output_stats(stats, epsilon: float, guarantee: float | None, verified: bool = False) -> str:

@@ -99,6 +99,11 @@ def check_options(tok: Tokenizer, epsilon: float, guarantee: float | None, shard
     _check_count("batch size (--batch-size)", batch_size)
 
 
+def unreadable_count(out: Path) -> int:
+    """Files of the whole output (every run and rank so far) that could not be read."""
+    return sum(len(f.read_text().splitlines()) for f in Path(out).glob("_errors-*.jsonl"))
+
+
 def shard_complete(out: Path, index: int, files: list[str]) -> bool:
     """Whether shard ``index`` exists and holds a row or an error for each of its planned files;
     one that does not (left by a run that skipped its files) is done again."""
@@ -107,7 +112,11 @@ def shard_complete(out: Path, index: int, files: list[str]) -> bool:
         return False
     _, pq = pyarrow_modules()
     errors = errors_path(out, index)
-    rows = pq.read_metadata(path).num_rows
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, ValueError) as exc:  # (pyarrow's ArrowInvalid is a ValueError) a damaged shard
+        log.warning("%s is not a readable shard (%s): tokenizing it again", path, exc)
+        return False
     failed = len(errors.read_text().splitlines()) if errors.exists() else 0
     if rows + failed == len(files):
         return True
@@ -221,12 +230,16 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
                     progress: bool = True, verify: bool = False) -> TokenizeSummary:
     root, out = Path(folder_path(root)), Path(out)
     check_options(tok, epsilon, guarantee, shard_size, batch_size)  # the manifest and shards create out
-    settings = {"epsilon": epsilon, "checkpoint": checkpoint, "guarantee": guarantee, "with_error": with_error,
+    # the checkpoint as loaded (a run directory as the step it resolved to), not as typed: a resume
+    # after the run trained on, or naming the same weights another way, is judged by the weights
+    record = checkpoint_record(tok.path) or checkpoint  # (a tokenizer built in memory: the name given)
+    settings = {"epsilon": epsilon, "checkpoint": record, "guarantee": guarantee, "with_error": with_error,
                 "verify": verify}
     shards = plan(root, out, shard_size, settings, rank == 0, barrier)
     from . import __version__
 
-    metadata = {**settings, RECORD: checkpoint_record(tok.path), "root": str(root.resolve()),
+    metadata = {**settings, "checkpoint_given": checkpoint, RECORD: checkpoint_record(tok.path),
+                "root": str(root.resolve()),
                 "kolmotok_version": __version__, **token_shape(tok)}
     mine = [i for i in range(len(shards.shards)) if i % world == rank]
     todo = [i for i in mine if not shard_complete(out, i, shards.shards[i])]
