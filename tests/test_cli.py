@@ -246,10 +246,16 @@ def test_bad_outputs_and_numbers_fail_before_any_work(tmp_path, capsys):
         assert said in capsys.readouterr().err
 
 
+def test_codes_come_in_json_lines_only(tmp_path, capsys):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    assert main(["encode", str(tmp_path / "a.png"), "--codes", "--device", "cpu"]) == 2
+    assert "give --json as well" in capsys.readouterr().err
+
+
 def test_repeated_numbers_are_taken_once():
     from kolmotok.cli import _numbers
 
-    assert _numbers("--epsilons")("0.12,0.05,0.05,,0.12") == [0.12, 0.05]
+    assert _numbers("--epsilons")("0.12,0.05,0.05,,0.12,0.050000001") == [0.12, 0.05]
 
 
 def test_clear_errors(tmp_path, capsys):

@@ -46,3 +46,14 @@ def test_an_error_inside_leaves_nothing(tmp_path):
             (tmp / "half.txt").write_text("x")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_has_no_nan(tmp_path):
+    import json
+    import math
+
+    from kolmotok.io import write_json
+
+    write_json(tmp_path / "r.json", {"rho": math.nan, "rows": [1.5, math.inf], "n": 3})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and json.loads(text) == {"rho": None, "rows": [1.5, None], "n": 3}

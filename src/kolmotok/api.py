@@ -139,6 +139,7 @@ class Tokenizer:
         self.meta = meta or {}
         self.calibrations: dict[float, Calibration] = dict(calibrations or {})  # keyed by alpha
         self.path = path  # the checkpoint directory it was loaded from, if any
+        self._warned_budgets: set[int] = set()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -271,8 +272,10 @@ class Tokenizer:
             cond, guaranteed = self.calibration_for(guarantee).lookup(eps)
             cond = torch.where(eps > 0, cond, 0.0)
             if T < self.max_tokens:  # calibrated with every token available: a smaller budget voids it
-                log.warning("the calibration assumes the full budget of %d tokens; at budget %d nothing is "
-                            "guaranteed (enc.guaranteed is False)", self.max_tokens, T)
+                if T not in self._warned_budgets:  # once per budget, not once per batch
+                    self._warned_budgets.add(T)
+                    log.warning("the calibration assumes the full budget of %d tokens; at budget %d nothing is "
+                                "guaranteed (enc.guaranteed is False)", self.max_tokens, T)
                 guaranteed = torch.zeros_like(guaranteed)
         out = self.model.tokenize(x, cond, T)
         enc = Encoding(out.codes, out.lengths, eps, T, cond, guarantee, guaranteed)

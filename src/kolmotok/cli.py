@@ -39,7 +39,11 @@ def _numbers(flag: str):
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated numbers") from None
         if not values or any(not math.isfinite(v) or v < 0 for v in values):
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected finite, non-negative numbers")
-        return list(dict.fromkeys(values))  # a repeat would be a second, identical row or column
+        # a repeat (also one that prints the same, 0.05 and 0.050000001) would be a second row or column
+        firsts: dict[str, float] = {}
+        for v in values:
+            firsts.setdefault(f"{v:g}", v)
+        return list(firsts.values())
     return parse
 
 
@@ -153,23 +157,18 @@ def _load(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import eval_set
     from .evaluation.evaluate import evaluate, format_report, image_table_csv
-    from .io import write_text
+    from .io import json_text, write_json, write_text
 
     check_output(args.per_image, directory=False)
     tok = _load(args)
     data = eval_set(args.data, tok.image_size, args.num_images)
     report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source,
                       progress=not args.no_progress, per_image=bool(args.per_image))
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
-        print(format_report(report))
-    if args.per_image:
+    if args.per_image:  # the files first: a reader of the report that goes away loses nothing
         write_text(args.per_image, image_table_csv(report))
     if args.out:
-        from .io import write_json
-
         write_json(args.out, report.to_dict())
+    print(json_text(report.to_dict()) if args.json else format_report(report))
     return 0
 
 
@@ -180,6 +179,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .data.images import load_images, reconstruction_paths, save_image
     from .evaluation.metrics import l1_per_image
 
+    if args.codes and not args.json:
+        raise ValueError("--codes adds the codes to the JSON lines: give --json as well")
     tok = _load(args)
     tok.check_options(args.epsilon, args.budget, args.guarantee)
     paths = [Path(p) for p in args.images]
@@ -225,7 +226,7 @@ def _encode_row(path: Path, enc, i: int, l1: float, epsilon: float, curve) -> di
     if enc.reencoded is not None:
         row["reencoded"] = int(enc.reencoded[i])
     if curve is not None:  # the same tokens at every prefix length: where halting stood
-        row["error_curve"] = [round(float(v), 5) for v in curve]
+        row["error_curve"] = [float(v) for v in curve]  # unrounded: shortest_meeting is read off these
         if epsilon > 0:
             meeting = (curve <= epsilon).nonzero().flatten()
             row["shortest_meeting"] = int(meeting[0]) + 1 if len(meeting) else None

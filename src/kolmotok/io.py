@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -106,9 +107,25 @@ def _swap_in(new: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _finite(data: Any) -> Any:
+    """``data`` with NaN and infinite floats as None: JSON has no NaN, and strict parsers refuse it."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Standard JSON (undefined numbers as null)."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json_text(data, indent=2) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -62,6 +62,6 @@ def run_demo(tok: Tokenizer, out_dir: Path, epsilon: float = 0.05) -> str:
             f"{'image':<12} {'tokens':>6} {'l1':>7}  meets eps", "-" * 38]
     for i in order:
         rows.append(f"{names[i]:<12} {int(enc.lengths[i]):>6} {float(errors[i]):>7.4f}  "
-                    f"{'yes' if errors[i] <= epsilon else 'no'}")
+                    f"{'fixed-length' if epsilon == 0 else 'yes' if errors[i] <= epsilon else 'no'}")
     rows.append(f"sheet (originals over reconstructions, sorted by tokens kept): {path}")
     return "\n".join(rows)
