@@ -411,3 +411,13 @@ def test_the_whole_output_is_summarised_with_the_promise_check(tok, folder, tmp_
     assert "ALARM" in format_output_stats(stats, 0.05, 0.9)
     assert "ALARM" not in format_output_stats(stats, 0.05, 0.9, verified=True)  # --verify re-encoded the misses
     assert format_output_stats(stats, 0.0, None).endswith("(fixed-length mode)")
+
+
+def test_decode_of_nothing_decodable_exits_2(tmp_path, capsys):
+    """Integer codes given to the continuous shipped model: every row is refused, so nothing was
+    written and the status is 2, with a message that says what the codes look like."""
+    lines = tmp_path / "codes.jsonl"
+    lines.write_text(json.dumps({"path": "a.png", "codes": [1, 2, 3], "checkpoint": "shipped:tiny",
+                                 "cwd": str(tmp_path)}) + "\n")
+    assert main(["decode", str(lines), "--out", str(tmp_path / "r"), "--no-progress", "--device", "cpu"]) == 2
+    assert "plain numbers are the codes of a discrete (FSQ) model" in capsys.readouterr().err

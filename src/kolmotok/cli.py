@@ -300,6 +300,8 @@ def _decode(args: argparse.Namespace, files: list[Path], named) -> int:
         f"{summary.repeated} repeat an earlier path (written as NAME.recon-2.png, ...)"] * bool(summary.repeated)
     print(f"{summary.images} reconstruction{'s' * (summary.images != 1)} written to {one_line(args.out)} in "
           f"{summary.seconds:.1f} s" + (f"; {'; '.join(notes)}" if notes else ""))
+    if summary.failures and not summary.images:  # as a shard of the wrong model: nothing could be decoded
+        return 2
     return 1 if summary.failures else 0
 
 

@@ -319,7 +319,10 @@ def _decode_rows(tok: Tokenizer, rows: list[TokenRow]) -> list[torch.Tensor | st
 
 def _sequence(codes: list, tok: Tokenizer) -> torch.Tensor:
     """One row's codes as a tensor; ValueError where they are not this model's kind of token."""
-    flat = codes if tok.discrete else [x for v in codes for x in (v if isinstance(v, list) else [v])]
+    if not tok.discrete and not all(isinstance(v, list) for v in codes):
+        raise ValueError(f"codes must be lists of {tok.model.cfg.code_dim} numbers for this model (a continuous "
+                         "one); plain numbers are the codes of a discrete (FSQ) model")
+    flat = codes if tok.discrete else [x for v in codes for x in v]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat) or (
             tok.discrete and not all(isinstance(x, int) for x in flat)):
         kind = "integers" if tok.discrete else f"lists of {tok.model.cfg.code_dim} numbers"
