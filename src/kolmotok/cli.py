@@ -185,11 +185,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     tok.check_options(args.epsilon, args.budget, args.guarantee)
     paths = [Path(p) for p in args.images]
     outputs = dict(zip(paths, reconstruction_paths(paths, Path(args.out)))) if args.out else {}
+    made_by = {"checkpoint": checkpoint_record(tok.path), "cwd": os.getcwd()}  # what --codes rows record
     failed = 0
     for start in range(0, len(paths), args.batch_size):
         loaded = load_images(paths[start:start + args.batch_size], tok.image_size, skip_errors=True, log_failures=False)
         for path, reason in loaded.failures:
-            failure = {"path": str(path), "error": reason} | ({"cwd": os.getcwd()} if args.codes else {})
+            failure = {"path": str(path), "error": reason} | ({"cwd": made_by["cwd"]} if args.codes else {})
             print(json.dumps(failure) if args.json else f"ERROR {reason}",
                   file=sys.stdout if args.json else sys.stderr)
         failed += len(loaded.failures)
@@ -206,8 +207,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 save_image(rec[i], outputs[path])
                 row["reconstruction"] = str(outputs[path])
             if args.codes:  # with the checkpoint that decodes them (kolmotok decode)
-                row |= {"codes": enc.tokens[i, : int(enc.lengths[i])].tolist(),
-                        "checkpoint": checkpoint_record(tok.path), "cwd": os.getcwd()}
+                row |= {"codes": enc.tokens[i, : int(enc.lengths[i])].tolist(), **made_by}
             print(json.dumps(row) if args.json else _encode_line(path, row, args.epsilon), flush=True)
     if failed:
         print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)

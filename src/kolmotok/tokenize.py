@@ -101,7 +101,12 @@ def check_options(tok: Tokenizer, epsilon: float, guarantee: float | None, shard
 
 def unreadable_count(out: Path) -> int:
     """Files of the whole output (every run and rank so far) that could not be read."""
-    return sum(len(f.read_text().splitlines()) for f in Path(out).glob("_errors-*.jsonl"))
+    return sum(listed_failures(f) for f in Path(out).glob("_errors-*.jsonl"))
+
+
+def listed_failures(errors: Path) -> int:
+    """How many unreadable files an ``_errors-NNNNN.jsonl`` file lists (0 where there is none)."""
+    return len(errors.read_text().splitlines()) if errors.exists() else 0
 
 
 def shard_complete(out: Path, index: int, files: list[str]) -> bool:
@@ -117,7 +122,7 @@ def shard_complete(out: Path, index: int, files: list[str]) -> bool:
     except (OSError, ValueError) as exc:  # (pyarrow's ArrowInvalid is a ValueError) a damaged shard
         log.warning("%s is not a readable shard (%s): tokenizing it again", path, exc)
         return False
-    failed = len(errors.read_text().splitlines()) if errors.exists() else 0
+    failed = listed_failures(errors)
     if rows + failed == len(files):
         return True
     log.warning("%s holds %d rows and %d errors for %d planned files: tokenizing it again",

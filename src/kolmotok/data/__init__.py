@@ -121,16 +121,17 @@ def _single(spec: str, image_size: int) -> Source:
 
 
 def make_source(spec: str, image_size: int) -> Source:
+    if _whole_folder(spec):
+        return _single(spec, image_size)
     parts = [p for p in spec.split("+") if p]
     if not parts:
         raise ValueError("empty data spec")
-    if _whole_folder(spec) or (len(parts) == 1 and "@" not in parts[0]):
-        return _single(spec if _whole_folder(spec) else parts[0], image_size)
+    if len(parts) == 1 and "@" not in parts[0]:
+        return _single(parts[0], image_size)
     sources, weights = [], []
     for part in parts:
-        name, at, w = part.rpartition("@")  # the weight is last: folder:shots@2x@3 is shots@2x at 3
-        name = name if at else w
-        w = w if at else ""
+        # the weight is last: folder:shots@2x@3 is shots@2x at 3
+        name, w = part.rsplit("@", 1) if "@" in part else (part, "")
         try:
             weight = float(w) if w else 1.0
         except ValueError:

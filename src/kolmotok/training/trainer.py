@@ -139,9 +139,7 @@ def init_weights(model: KARLTokenizer, path: str) -> None:
     start_model, meta = load_model(path, "cpu")
     # compare resolved configs: a checkpoint written before a field existed has that field's default
     ignored = {field: None for field in (*FINE_TUNE_ADDITIONS, "halting_threshold")}
-    there, here = dict(to_dict(start_model.cfg), **ignored), dict(to_dict(model.cfg), **ignored)
-    changes = {f"model.{k}": (there.get(k), here.get(k)) for k in sorted(set(there) | set(here))
-               if there.get(k) != here.get(k)}
+    changes = dict_changes(dict(to_dict(start_model.cfg), **ignored), dict(to_dict(model.cfg), **ignored), "model")
     if changes:
         raise ValueError(f"--init-from {path}: its model config differs from this run's ({describe_changes(changes)})")
     try:
@@ -238,8 +236,12 @@ def config_changes(old: RunConfig, new: RunConfig, sections=("model", "objective
                    ) -> dict[str, tuple]:
     """{"section.key": (old value, new value)} for every setting that differs."""
     a, b = to_dict(old), to_dict(new)
-    return {f"{sec}.{k}": (a[sec].get(k), b[sec].get(k)) for sec in sections
-            for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k)}
+    return {key: change for sec in sections for key, change in dict_changes(a[sec], b[sec], sec).items()}
+
+
+def dict_changes(old: dict, new: dict, section: str) -> dict[str, tuple]:
+    """{"section.key": (old value, new value)} for every key of one config section that differs."""
+    return {f"{section}.{k}": (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
 def run_config(ckpt: Path) -> RunConfig:
