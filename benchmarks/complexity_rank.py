@@ -5,6 +5,12 @@ Reads the per-image counts of a committed `kolmotok bench` run (``results.json``
 all crops and within the grayscale and the colour crops, with each group's mean tokens and
 mean PNG size. This is where the README's oracle figures for the Spearman criterion come from.
 
+A diagnostic beside the criterion: ``rho luma`` ranks the counts against the PNG size of each
+crop's luminance alone (the crop saved as a grey PNG). PNG pays for colour detail that costs
+little l1; where the two rankings differ, that is the difference. A last line encodes the
+colour crops with the checkpoint twice, as they are and reduced to their luminance, and prints
+the mean tokens of each: whether the model itself finds grey images harder.
+
 Usage: python benchmarks/complexity_rank.py [--bench benchmarks/results/bench_tiny] [--epsilon 0.05]
 """
 
@@ -16,12 +22,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import kolmotok
 from kolmotok.cli import report_errors
 from kolmotok.data import eval_set
 from kolmotok.evaluation.evaluate import spearman_by_colour
-from kolmotok.evaluation.metrics import png_bytes, spearman
+from kolmotok.evaluation.metrics import luminance_uint8, png_bytes, spearman
 
 
 def main() -> None:
@@ -32,14 +39,18 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="the checkpoint the bench ran (for its image size; default shipped)")
     args = ap.parse_args()
     res = json.loads((Path(args.bench) / "results.json").read_text())
-    data = eval_set(res["data"], kolmotok.load(args.ckpt, device="cpu").image_size, res["num_images"])
+    tok = kolmotok.load(args.ckpt, device="cpu")
+    data = eval_set(res["data"], tok.image_size, res["num_images"])
     images = data.images
     png = np.array([png_bytes(im) for im in images], dtype=float)
+    luma = np.array([png_bytes(im, luma=True) for im in images], dtype=float)
     gray = ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).numpy()
     print(f"# python benchmarks/complexity_rank.py --bench {args.bench} --epsilon {args.epsilon:g}")
     print(f"{res['data']}: {len(images)} crops, {int(gray.sum())} grayscale, {int((~gray).sum())} colour; "
-          f"mean PNG bytes {png[gray].mean():,.0f} (grayscale) vs {png[~gray].mean():,.0f} (colour)")
-    print(f"{'method':<8} {'rho all':>8} {'rho gray':>9} {'rho colour':>11} {'tokens gray':>12} {'tokens colour':>14}")
+          f"mean PNG bytes {png[gray].mean():,.0f} (grayscale) vs {png[~gray].mean():,.0f} (colour); "
+          f"of the luminance alone {luma[gray].mean():,.0f} vs {luma[~gray].mean():,.0f}")
+    print(f"{'method':<8} {'rho all':>8} {'rho gray':>9} {'rho colour':>11} {'tokens gray':>12} {'tokens colour':>14} "
+          f"{'rho luma':>9}")
     for name in args.methods.split(","):
         row = next((r for r in res["rows"] if r["method"] == name and abs(r["epsilon"] - args.epsilon) < 1e-9), None)
         if row is None or not row.get("sizes"):
@@ -51,7 +62,20 @@ def main() -> None:
         within = spearman_by_colour(images, tokens, png)  # (a group under 10 images has no rho: nan)
         gray_rho, colour_rho = within.get("grayscale", float("nan")), within.get("colour", float("nan"))
         print(f"{name:<8} {spearman(tokens, png):8.3f} {gray_rho:9.3f} {colour_rho:11.3f} "
-              f"{tokens[gray].mean():12.2f} {tokens[~gray].mean():14.2f}")
+              f"{tokens[gray].mean():12.2f} {tokens[~gray].mean():14.2f} {spearman(tokens, luma):9.3f}")
+
+    colour = images[torch.from_numpy(~gray)]
+    with torch.no_grad():
+        counts = [tok.encode(x, epsilon=args.epsilon).lengths.float().mean().item()
+                  for x in (colour, grey_versions(colour))]
+    print(f"karl on the {len(colour)} colour crops at eps {args.epsilon:g}: {counts[0]:.2f} tokens as they are, "
+          f"{counts[1]:.2f} reduced to their luminance")
+
+
+def grey_versions(images: torch.Tensor) -> torch.Tensor:
+    """Each image reduced to its luminance (the grey PNG's pixels), repeated over R, G and B."""
+    grey = np.stack([luminance_uint8(im) for im in images]).astype(np.float32) / 255.0
+    return torch.from_numpy(grey)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
 if __name__ == "__main__":

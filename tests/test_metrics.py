@@ -95,3 +95,22 @@ def test_shapes_complexity_orders_png_size():
     assert len(set(complexity.tolist())) == 8 and spearman(complexity.numpy(), sizes) > 0.7
     flat, noise = (draw(20, 32, torch.Generator().manual_seed(1), kind)[0] for kind in ("flat", "noise"))
     assert max(png_bytes(im) for im in flat) < min(sizes) and max(sizes) < min(png_bytes(im) for im in noise)
+
+
+def test_luma_png_bytes_count_luminance_only():
+    """The luminance PNG of a grey image is its grey PNG; a pattern in colour alone (R and B moved
+    against each other so that 0.299 R + 0.587 G + 0.114 B stays put) costs RGB PNG bytes, not luma ones."""
+    import io
+
+    from PIL import Image
+
+    grey = smooth_images(1, 3, size=32, noise=0.3)[0].mean(0, keepdim=True).expand(3, -1, -1)
+    buf = io.BytesIO()
+    Image.fromarray((grey[0].numpy() * 255 + 0.5).astype(np.uint8)).save(buf, "PNG", optimize=True, compress_level=9)
+    assert png_bytes(grey, luma=True) == len(buf.getvalue())
+    chroma = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0)) - 0.5
+    tint = torch.cat([chroma * 0.114, torch.zeros_like(chroma), -chroma * 0.299]) * 2
+    flat_tinted = torch.full((3, 32, 32), 0.5) + tint
+    flat = torch.full((3, 32, 32), 0.5)
+    assert png_bytes(flat_tinted) > 10 * png_bytes(flat)  # RGB PNG pays for the colour pattern
+    assert png_bytes(flat_tinted, luma=True) < 2 * png_bytes(flat, luma=True)  # its luminance is (nearly) flat

@@ -66,7 +66,7 @@ def spearman(a, b) -> float:
 
 
 def encode_image(array: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
-    """(H, W, 3) uint8 array -> the file bytes of Pillow's encoder: PNG at maximum compression,
+    """(H, W, 3) or (H, W) uint8 array -> the file bytes of Pillow's encoder: PNG at maximum compression,
     or JPEG / WebP at ``quality``."""
     buf = io.BytesIO()
     options = {"optimize": True, "compress_level": 9} if fmt == "PNG" else {"quality": quality}
@@ -74,9 +74,15 @@ def encode_image(array: np.ndarray, fmt: str, quality: int | None = None) -> byt
     return buf.getvalue()
 
 
-def png_bytes(image: torch.Tensor) -> int:
-    """Size of the image (3, H, W) in [0, 1] as an 8-bit PNG at maximum compression."""
-    return len(encode_image(to_uint8(image), "PNG"))
+def luminance_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W) uint8 luminance (Pillow's ITU-R 601 grey conversion)."""
+    return np.asarray(Image.fromarray(to_uint8(image)).convert("L"))
+
+
+def png_bytes(image: torch.Tensor, luma: bool = False) -> int:
+    """Size of the image (3, H, W) in [0, 1] as an 8-bit PNG at maximum compression; with
+    ``luma``, of its luminance alone as a grey PNG."""
+    return len(encode_image(luminance_uint8(image) if luma else to_uint8(image), "PNG"))
 
 
 def resample_baseline(images: torch.Tensor, grid: int) -> torch.Tensor:
