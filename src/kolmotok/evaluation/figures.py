@@ -84,14 +84,16 @@ def karl_vs_oracle(res: BenchResult, path: Path) -> Path:
     plt = _pyplot()
     rho = dict(karl_oracle_spearman(res))
     eps = [e for e in res.epsilons if e in rho]
-    fig, axes = plt.subplots(1, max(1, len(eps)), figsize=(3.4 * max(1, len(eps)), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(eps)), figsize=(3.4 * max(1, len(eps)), 3.4), sharey=True,
+                             squeeze=False)
     rng = np.random.default_rng(0)
     for ax, e in zip(axes[0], eps):
         k, o = np.array(res.row("karl", e).sizes), np.array(res.row("oracle", e).sizes)
         jitter = lambda v: v + rng.uniform(-0.25, 0.25, len(v))  # noqa: E731
         ax.scatter(jitter(o), jitter(k), s=6, alpha=0.5)
         ax.plot([0, res.max_tokens], [0, res.max_tokens], "k--", lw=0.8)
-        ax.set(title=f"eps = {e}, Spearman {rho[e]:.2f}", xlabel="oracle tokens", ylabel="KARL tokens")
+        ax.set(title=f"eps = {e}, Spearman {rho[e]:.2f}", xlabel="oracle tokens")
+    axes[0][0].set_ylabel("KARL tokens")
     return _save(fig, path)
 
 
