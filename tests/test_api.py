@@ -96,8 +96,8 @@ def test_one_encoder_and_one_decoder_pass_per_batch(halting_model, varied_images
     assert len(tok.encode(varied_images, epsilon=0.1).lengths.unique()) > 1
 
 
-@pytest.mark.parametrize("eps", [-0.1, math.nan, math.inf, [0.1, 0.2], "abc", None, ["0.1"], [], True,
-                                 torch.tensor([True] * 5), [[0.1] * 5], torch.full((5, 1), 0.1)])
+@pytest.mark.parametrize("eps", [-0.1, 1.5, [0.1, 0.2, 0.3, 0.4, 2.0], math.nan, math.inf, [0.1, 0.2], "abc", None,
+                                 ["0.1"], [], True, torch.tensor([True] * 5), [[0.1] * 5], torch.full((5, 1), 0.1)])
 def test_bad_epsilon(tok, images, eps):
     with pytest.raises(ValueError, match="epsilon"):
         tok.encode(images, epsilon=eps)
@@ -120,7 +120,7 @@ def test_continuous_decode_ignores_padding_after_each_length(tok, images):
     torch.testing.assert_close(tok.decode(padded, lengths), tok.decode(enc.tokens, lengths), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("eps", ["abc", None, []])
+@pytest.mark.parametrize("eps", ["abc", None, [], 1.01, [0.05, 1.5]])
 def test_check_options_rejects_bad_epsilon(tok, eps):
     with pytest.raises(ValueError, match="epsilon"):
         tok.check_options(eps)

@@ -13,7 +13,7 @@ from kolmotok.api import load
 from kolmotok.checkpoint import save_checkpoint
 from kolmotok.cli import main
 from kolmotok.config import to_dict
-from kolmotok.evaluation.bench import build_methods, check_claims, run_bench
+from kolmotok.evaluation.bench import build_methods, check_claims, format_bench, run_bench
 from kolmotok.evaluation.methods import CodecMethod, codec_roundtrip, shortest_meeting, to_uint8
 from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.models import KARLTokenizer
@@ -182,6 +182,12 @@ def test_bench_table_and_claims(methods):
     assert all((r.flops_per_image or 0) > 0 for r in res.rows if r.unit == "tokens")
     assert all(r.flops_per_image is None for r in res.rows if r.unit == "bytes")
     assert {(r.method, r.tokens) for r in res.length_rows} >= {("karl", 8), ("fixed-2", 2), ("prefix", 1)}
+    # KARL's weights are measured at every length (its own shortest fixed length is not limited to the
+    # grid); the other methods and the printed table keep the grid
+    assert sorted(r.tokens for r in res.length_rows if r.method == "karl") == list(range(1, 9))
+    assert sorted(r.tokens for r in res.length_rows if r.method == "prefix") == [1, 2, 4, 8]
+    table = format_bench(res)
+    assert "   3 tokens" not in table and "   4 tokens   | karl" in table
     # the claims are recomputed from the rows, so doctoring a row changes the verdict
     first = next(c for c in check_claims(res) if c["claim"].startswith("KARL: 1 encoder"))
     assert first["status"] == "PASS"

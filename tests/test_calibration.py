@@ -194,3 +194,28 @@ def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, cap
     assert main(["calibrate", "--ckpt", str(ckpt), "--out", str(other), "--data", "shapes", "--device", "cpu"]) == 2
     with pytest.raises(ValueError, match="not loaded from a checkpoint"):
         Tokenizer(model).save_calibration()
+
+
+def test_cli_calibrate_warns_on_training_folders_and_on_replacing(tmp_path, model, cfg, caplog):
+    """Calibrating on a folder the checkpoint was trained on (or one inside it) is warned about, and so
+    is replacing an earlier calibration for the same alpha; a disjoint folder gets neither warning."""
+    import dataclasses
+
+    from PIL import Image
+
+    from kolmotok.checkpoint import save_checkpoint
+    from kolmotok.config import to_dict
+
+    for sub in ("train/a", "held"):
+        (tmp_path / sub).mkdir(parents=True)
+        for i, im in enumerate(smooth_images(12, seed=len(sub), size=16)):
+            Image.fromarray((im.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / sub / f"{i}.png")
+    run = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data=f"shapes+folder:{tmp_path}/train@2"))
+    ck = save_checkpoint(tmp_path / "ck", model, {"model": to_dict(cfg.model), "run": to_dict(run), "step": 0})
+    argv = ["calibrate", "--ckpt", str(ck), "--num-images", "0", "--alpha", "0.25", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--data", f"folder:{tmp_path}/held"]) == 0
+    assert "training folder" not in caplog.text and "replacing" not in caplog.text
+    caplog.clear()
+    assert main([*argv, "--data", f"folder:{tmp_path}/train/a"]) == 0
+    assert f"{tmp_path}/train/a, which is or overlaps a training folder" in caplog.text
+    assert f"replacing the calibration for alpha = 0.25 made on 12 images of folder:{tmp_path}/held" in caplog.text

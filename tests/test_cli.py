@@ -78,6 +78,18 @@ def test_encode_json_and_corrupt_file(run_dir, tmp_path, capsys):
     assert len(ok) == 1 and 1 <= ok[0]["tokens"] <= 8 and len(ok[0]["codes"]) == ok[0]["tokens"]
     assert (tmp_path / "rec" / "good.recon.png").is_file()
     assert len(err) == 1 and "bad.jpg" in err[0]["error"]
+    # nothing readable at all: status 2, as tokenize and decode
+    assert main(["encode", str(bad), str(tmp_path / "missing.png"), "--ckpt", str(run_dir), "--device", "cpu"]) == 2
+    assert "2 of 2 inputs could not be read" in capsys.readouterr().err
+
+
+def test_eval_checks_its_options_before_reading_images(tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    for flags, message in ((["--epsilons", "0.05,1.5"], "epsilon must be in [0, 1]"),
+                           (["--guarantee", "0.5"], "no calibration for guarantee 0.5")):
+        assert main(["eval", "--data", f"folder:{tmp_path}", "--device", "cpu", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "bad.png" not in err
 
 
 def test_encode_batches_and_distinct_outputs(run_dir, tmp_path, capsys):
@@ -145,7 +157,8 @@ def test_encode_rejects_bad_flags_before_reading(tmp_path, capsys):
     """A bad flag is reported as such (status 2) even when the inputs are unreadable too."""
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
-    for flags, message in ((["--epsilon", "-1"], "epsilon must be finite and >= 0"),
+    for flags, message in ((["--epsilon", "-1"], "epsilon must be in [0, 1]"),
+                           (["--epsilon", "1.5"], "epsilon must be in [0, 1]"),
                            (["--budget", "99"], "budget must be an integer in 1..32"),
                            (["--guarantee", "0.5"], "no calibration for guarantee 0.5")):
         assert main(["encode", str(bad), "--device", "cpu", *flags]) == 2

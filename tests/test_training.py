@@ -398,3 +398,11 @@ def test_compiled_training_runs(tmp_path):  # ~40 s on 2 CPU cores (inductor com
     train(small_config(*common), tmp_path / "e", progress=False)
     compiled, eager = [r["loss"] for r in _rows(tmp_path / "c")], [r["loss"] for r in _rows(tmp_path / "e")]
     assert len(compiled) == 3 and compiled == pytest.approx(eager, rel=1e-3), "compiling changes speed, not results"
+
+
+def test_a_run_shorter_than_its_warm_up_is_warned_about(tmp_path, caplog):
+    train(small_config("train.steps=3", "train.data=shapes", "train.eval_every=0"), tmp_path / "a", progress=False)
+    assert "warm-up" not in caplog.text  # 3 steps, 2 of warm-up
+    train(small_config("train.steps=2", "train.data=shapes", "train.eval_every=0", "optim.warmup_steps=5"),
+          tmp_path / "b", progress=False)
+    assert "2 steps end inside the 5-step warm-up: the learning rate reaches 40% of optim.lr" in caplog.text

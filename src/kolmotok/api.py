@@ -216,8 +216,9 @@ class Tokenizer:
         if not eps.numel() or (batch is not None and eps.numel() not in (1, batch)):
             raise ValueError(f"epsilon must be one number or one per image{f' ({batch})' if batch else ''}, "
                              f"got {eps.numel()} values")
-        if not torch.isfinite(eps).all() or (eps < 0).any():
-            raise ValueError(f"epsilon must be finite and >= 0 (0 = fixed-length mode), got {epsilon!r}")
+        if not torch.isfinite(eps).all() or (eps < 0).any() or (eps > 1).any():
+            raise ValueError(f"epsilon must be in [0, 1], a mean absolute error of pixels in [0, 1] "
+                             f"(0 = fixed-length mode), got {epsilon!r}")
         return (eps if batch is None else eps.expand(batch)).to(self.device)
 
     def _check_budget(self, budget: int | None) -> int:

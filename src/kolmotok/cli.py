@@ -161,6 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_output(args.per_image, directory=False)
     tok = _load(args)
+    tok.check_options(args.epsilons, guarantee=args.guarantee)  # before the images are read
     data = eval_set(args.data, tok.image_size, args.num_images)
     report = evaluate(tok, data, args.epsilons, guarantee=args.guarantee, by_source=args.by_source,
                       progress=not args.no_progress, per_image=bool(args.per_image))
@@ -174,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """Files are read one batch at a time (any number of inputs); an unreadable one is reported
-    and skipped. Exit status 1 if any input failed, after processing the rest."""
+    and skipped. Exit status 1 if any input failed, after processing the rest; 2 if all did."""
     from .checkpoint import checkpoint_record
     from .data.images import load_images, reconstruction_paths, save_image
     from .evaluation.metrics import l1_per_image
@@ -211,7 +212,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             print(json.dumps(row) if args.json else _encode_line(path, row, args.epsilon), flush=True)
     if failed:
         print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)
-    return 1 if failed else 0
+    return (2 if failed == len(paths) else 1) if failed else 0  # as tokenize and decode
 
 
 def _encode_row(path: Path, enc, i: int, l1: float, epsilon: float, curve) -> dict:
@@ -338,13 +339,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     tok = _load(args)
     require_karl(tok.meta, f"calibrate --ckpt {args.ckpt or 'shipped'}")
+    tok.check_options(args.epsilons)
     target = tok.check_calibration_target(args.out)  # before the minutes of measuring, not after
+    warn_calibration_overlap(args.data, tok.meta)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    if (args.data == "photos" or args.data.startswith("photos:")) and args.data != "photos:calib":
-        log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)",
-                    args.data)
+    before = dict(tok.calibrations)
     for cal in tok.calibrate_alphas(data.images, args.alpha, data=args.data, progress=not args.no_progress):
         alpha = cal.alpha
+        if alpha in before:
+            log.warning("replacing the calibration for alpha = %g made on %d images of %s", alpha,
+                        before[alpha].num_images, before[alpha].data)
         print(f"alpha = {alpha} (guarantee {cal.guarantee:.3g}), {cal.num_images} images of {args.data}:")
         for eps in args.epsilons:
             cond, ok = cal.lookup(torch.tensor([eps]))
@@ -357,6 +361,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"  eps {eps:<6g} -> condition {float(cond):.4f}{note}")
     print(f"saved: {save_calibrations(target, tok.calibrations)}")
     return 0
+
+
+def warn_calibration_overlap(spec: str, meta: dict) -> None:
+    """Warn when calibration data may hold training images: the guarantee assumes it does not."""
+    from .data import shared_folders
+
+    trained_on = ((meta.get("run") or {}).get("train") or {}).get("data") or ""
+    if (spec == "photos" or spec.startswith("photos:")) and spec != "photos:calib":
+        log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)", spec)
+    for folder in shared_folders(spec, trained_on):
+        log.warning("calibrating on %s, which is or overlaps a training folder of this checkpoint (%s): the "
+                    "guarantee needs images the model was not trained on", folder, trained_on)
 
 
 def check_bench_output(out: Path) -> None:
@@ -390,6 +406,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_bench_output(Path(args.out))
     tok = _load(args)
     require_karl(tok.meta, f"bench --ckpt {args.ckpt or 'shipped'}")
+    tok.check_options(args.epsilons)
     names = list(dict.fromkeys(args.methods or DEFAULT_METHODS))  # a repeat would be a second, identical row
     methods = build_methods(names, tok, args.baselines, device=args.device)
     num = args.num_images if not args.quick else min(args.num_images or 16, 16)  # (0 = all, but not in --quick)

@@ -116,19 +116,21 @@ def _single(spec: str, image_size: int) -> Source:
         from .webdataset_source import WebDatasetImages
 
         return WebDatasetImages(arg, image_size)
-    raise ValueError(f"unknown data spec {spec!r}; use photos[:split], shapes[:kind], folder:PATH, "
+    hint = f" (a folder? write folder:{spec})" if os.path.isdir(os.path.expanduser(spec)) else ""
+    raise ValueError(f"unknown data spec {spec!r}{hint}; use photos[:split], shapes[:kind], folder:PATH, "
                      "wds:PATTERN or A@w+B@v")
 
 
-def make_source(spec: str, image_size: int) -> Source:
+def spec_parts(spec: str) -> list[tuple[str, float | None]]:
+    """A data spec's sources with their mixture weights: [(source, None)] for a single source."""
     if _whole_folder(spec):
-        return _single(spec, image_size)
+        return [(spec, None)]
     parts = [p for p in spec.split("+") if p]
     if not parts:
         raise ValueError("empty data spec")
     if len(parts) == 1 and "@" not in parts[0]:
-        return _single(parts[0], image_size)
-    sources, weights = [], []
+        return [(parts[0], None)]
+    weighted = []
     for part in parts:
         # the weight is last: folder:shots@2x@3 is shots@2x at 3
         name, w = part.rsplit("@", 1) if "@" in part else (part, "")
@@ -138,9 +140,30 @@ def make_source(spec: str, image_size: int) -> Source:
             raise ValueError(f"data spec {spec!r}: weight {w!r} is not a number") from None
         if weight <= 0:
             raise ValueError(f"data spec {spec!r}: weight of {name!r} must be positive")
-        sources.append(_single(name, image_size))
-        weights.append(weight)
-    return Mixture(sources, weights)
+        weighted.append((name, weight))
+    return weighted
+
+
+def make_source(spec: str, image_size: int) -> Source:
+    parts = spec_parts(spec)
+    if parts[0][1] is None:
+        return _single(parts[0][0], image_size)
+    return Mixture([_single(name, image_size) for name, _ in parts], [w for _, w in parts])
+
+
+def shared_folders(spec: str, other: str) -> list[str]:
+    """The ``folder:`` sources of ``spec`` that are, hold or lie inside a folder of ``other``
+    (so may share images with it); specs that cannot be parsed share nothing."""
+    def folders(s: str) -> list[Path]:
+        try:
+            names = [name for name, _ in spec_parts(s)]
+        except ValueError:
+            return []
+        return [Path(folder_path(n.partition(":")[2])).resolve() for n in names
+                if n.startswith("folder:") and n.partition(":")[2]]
+
+    theirs = folders(other)
+    return [str(a) for a in folders(spec) if any(a == b or a in b.parents or b in a.parents for b in theirs)]
 
 
 @dataclass

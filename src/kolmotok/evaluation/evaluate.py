@@ -234,7 +234,7 @@ def format_sources(rep: EvalReport) -> list[str]:
     for s in rep.by_source:
         alarms = [f"{r.epsilon:g}" for r, p in zip(rep.epsilon_rows, s.promise_p_value)
                   if p is not None and p < PROMISE_ALARM]
-        lines.append(f"   {s.source:<{width}} {s.num_images:5d} images: "
+        lines.append(f"   {s.source:<{width}} {s.num_images:5d} {'image: ' if s.num_images == 1 else 'images:'} "
                      + " / ".join(f"{100 * m:5.1f}%" for m in s.meet_share) + " | "
                      + " / ".join(f"{t:5.2f}" for t in s.mean_tokens)
                      + (f"  ALARM: promise fails at eps {', '.join(alarms)}" if alarms else ""))

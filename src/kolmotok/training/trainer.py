@@ -351,6 +351,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
         metrics = MetricsLog(out_dir / "metrics.jsonl", start)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training %.2fM parameters on %s x %d, data %s", n_params / 1e6, device, ddp.world, source.name)
+    if ddp.main and tc.steps < cfg.optim.warmup_steps:
+        log.warning("the run's %d steps end inside the %d-step warm-up: the learning rate reaches %.0f%% of "
+                    "optim.lr and never decays (fewer warm-up steps: --set optim.warmup_steps=N)", tc.steps,
+                    cfg.optim.warmup_steps, 100 * lr_factor(tc.steps - 1, cfg.optim.warmup_steps, tc.steps, 0.0))
 
     def checkpoint(step: int) -> Path:
         path = out_dir / "checkpoints" / f"step_{step:07d}"
