@@ -65,6 +65,8 @@ def main() -> None:
               f"{tokens[gray].mean():12.2f} {tokens[~gray].mean():14.2f} {spearman(tokens, luma):9.3f}")
 
     colour = images[torch.from_numpy(~gray)]
+    if not len(colour):
+        return
     with torch.no_grad():
         counts = [tok.encode(x, epsilon=args.epsilon).lengths.float().mean().item()
                   for x in (colour, grey_versions(colour))]

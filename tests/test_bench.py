@@ -14,7 +14,7 @@ from kolmotok.checkpoint import save_checkpoint
 from kolmotok.cli import main
 from kolmotok.config import to_dict
 from kolmotok.evaluation.bench import build_methods, check_claims, format_bench, run_bench
-from kolmotok.evaluation.methods import CodecMethod, codec_roundtrip, shortest_meeting, to_uint8
+from kolmotok.evaluation.methods import CodecMethod, Method, MethodOutput, codec_roundtrip, shortest_meeting, to_uint8
 from kolmotok.evaluation.metrics import l1_per_image
 from kolmotok.models import KARLTokenizer
 
@@ -182,12 +182,11 @@ def test_bench_table_and_claims(methods):
     assert all((r.flops_per_image or 0) > 0 for r in res.rows if r.unit == "tokens")
     assert all(r.flops_per_image is None for r in res.rows if r.unit == "bytes")
     assert {(r.method, r.tokens) for r in res.length_rows} >= {("karl", 8), ("fixed-2", 2), ("prefix", 1)}
-    # KARL's weights are measured at every length (its own shortest fixed length is not limited to the
-    # grid); the other methods and the printed table keep the grid
-    assert sorted(r.tokens for r in res.length_rows if r.method == "karl") == list(range(1, 9))
+    # the other methods and the printed table keep the grid; KARL's weights add the lengths a binary
+    # search between grid lengths probes (checked in test_own_shortest_fixed_length_is_searched_between_the_grid)
     assert sorted(r.tokens for r in res.length_rows if r.method == "prefix") == [1, 2, 4, 8]
-    table = format_bench(res)
-    assert "   3 tokens" not in table and "   4 tokens   | karl" in table
+    assert {1, 2, 4, 8} <= {r.tokens for r in res.length_rows if r.method == "karl"}
+    assert all(f"{n:4d} tokens" not in format_bench(res) for n in (3, 5, 6, 7))
     # the claims are recomputed from the rows, so doctoring a row changes the verdict
     first = next(c for c in check_claims(res) if c["claim"].startswith("KARL: 1 encoder"))
     assert first["status"] == "PASS"
@@ -285,3 +284,31 @@ def test_cli_bench_replaces_its_output_as_a_whole_and_refuses_what_it_cannot_do(
     assert "the working directory is in it" in capsys.readouterr().err
     assert main(["calibrate", "--ckpt", base + "/fixed2", "--data", "shapes", "--device", "cpu"]) == 2
     assert "a 'fixed' baseline" in capsys.readouterr().err
+
+
+def test_own_shortest_fixed_length_is_searched_between_the_grid():
+    """measure_lengths finds, per eps, the shortest length meeting eps on 90% of images with a binary
+    search between grid lengths, and measures only the lengths that search needs."""
+    from kolmotok.evaluation.bench import measure_lengths
+
+    class Fake(Method):  # image i is reconstructed within eps from length need[i] on
+        name = "karl"
+
+        def __init__(self, need):
+            self.need, self.asked = torch.tensor(need), []
+
+        def at_length(self, images, n):
+            self.asked.append(n)
+            err = torch.where(self.need[: len(images)] <= n, 0.0, 0.5)  # (batch >= 10: no chunks)
+            ones = torch.ones(len(images), dtype=torch.long)
+            return MethodOutput(images + err[:, None, None, None], torch.full((len(images),), float(n)),
+                                torch.zeros(len(images)), ones, ones)
+
+    images = torch.zeros(10, 3, 8, 8)  # (SSIM's window is 7 pixels)
+    need = [1, 2, 3, 5, 9, 10, 11, 11, 11, 20]  # 90% meet from length 11 on; 50% from 5 on
+    fake = Fake(need)
+    rows = measure_lengths([fake], images, [4, 8, 16, 32], [0.1], batch=16, progress=False)
+    by = {r.tokens: r.meet_share(0.1) for r in rows}
+    assert min(n for n, share in by.items() if share >= 0.9) == 11
+    assert sorted(set(fake.asked) - {4, 8, 16, 32}) == [10, 11, 12]  # (8, 16): 12, 10, 11 -- not all of 9..15
+

@@ -196,7 +196,7 @@ def test_save_calibration_goes_beside_the_weights_it_loaded(tmp_path, model, cap
         Tokenizer(model).save_calibration()
 
 
-def test_cli_calibrate_warns_on_training_folders_and_on_replacing(tmp_path, model, cfg, caplog):
+def test_cli_calibrate_warns_on_training_folders_and_on_replacing(tmp_path, model, cfg, caplog, capsys):
     """Calibrating on a folder the checkpoint was trained on (or one inside it) is warned about, and so
     is replacing an earlier calibration for the same alpha; a disjoint folder gets neither warning."""
     import dataclasses
@@ -217,5 +217,12 @@ def test_cli_calibrate_warns_on_training_folders_and_on_replacing(tmp_path, mode
     assert "training folder" not in caplog.text and "replacing" not in caplog.text
     caplog.clear()
     assert main([*argv, "--data", f"folder:{tmp_path}/train/a"]) == 0
-    assert f"{tmp_path}/train/a, which is or overlaps a training folder" in caplog.text
-    assert f"replacing the calibration for alpha = 0.25 made on 12 images of folder:{tmp_path}/held" in caplog.text
+    assert f"{tmp_path}/train/a, which is or overlaps training data" in caplog.text
+    assert f"replacing the calibration for alpha = 0.25 in {ck}, made on 12 images of folder:{tmp_path}/held" \
+        in caplog.text
+    caplog.clear()  # written elsewhere, nothing is replaced; a bad alpha is refused before any image is read
+    assert main([*argv, "--data", f"folder:{tmp_path}/held", "--out", str(tmp_path / "notes")]) == 0
+    assert "replacing" not in caplog.text
+    assert main(["calibrate", "--ckpt", str(ck), "--alpha", "1.5", "--data", f"folder:{tmp_path}/nothing-here",
+                 "--device", "cpu"]) == 2
+    assert "alpha" in capsys.readouterr().err

@@ -97,3 +97,23 @@ def test_folder_paths_with_mixture_characters_home_and_dangling_links(tmp_path, 
     files = list_images(tmp_path / "my+imgs")
     assert [f.name for f in files] == ["a.png", "gone.png"]
     assert [(p.name, "no such file" in why) for p, why in load_images(files, 16).failures] == [("gone.png", True)]
+
+
+def test_shared_sources_finds_overlapping_training_data(tmp_path, monkeypatch):
+    from kolmotok.data import shared_sources
+
+    for sub in ("proj/data/train/a", "proj/data/train2", "elsewhere/data/train"):
+        (tmp_path / sub).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    trained = "photos@3+folder:data/train@2"  # typed relative to the training directory
+    proj = str(tmp_path / "proj")
+    inside = f"folder:{tmp_path}/proj/data/train/a"
+    assert shared_sources(inside, trained, proj) == [str(tmp_path / "proj/data/train/a")]
+    assert shared_sources(f"folder:{tmp_path}/proj/data/train2", trained, proj) == []  # a sibling, not inside
+    assert shared_sources("folder:data/train", trained, proj) == []  # the same words, another folder
+    assert shared_sources(inside, trained, None) == []  # where training ran is unknown: no guess
+    assert shared_sources(f"folder:{tmp_path}/proj/data", trained, proj) == [str(tmp_path / "proj/data")]  # holds it
+    assert shared_sources("photos:train", trained, proj) == ["photos:train"]  # photos is photos:train
+    assert shared_sources("photos:calib", trained, proj) == []
+    assert shared_sources("wds:/x/{0..3}.tar", "wds:/x/{0..3}.tar", None) == ["wds:/x/{0..3}.tar"]
+    assert shared_sources("folder:", trained, proj) == [] and shared_sources("nonsense@x", trained, proj) == []

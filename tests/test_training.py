@@ -406,3 +406,6 @@ def test_a_run_shorter_than_its_warm_up_is_warned_about(tmp_path, caplog):
     train(small_config("train.steps=2", "train.data=shapes", "train.eval_every=0", "optim.warmup_steps=5"),
           tmp_path / "b", progress=False)
     assert "2 steps end inside the 5-step warm-up: the learning rate reaches 40% of optim.lr" in caplog.text
+    # checkpoints record where training ran, so relative data paths can be found again (calibrate)
+    meta = json.loads((list_checkpoints(tmp_path / "b")[-1] / "config.json").read_text())
+    assert meta["train_cwd"] == os.getcwd()

@@ -333,21 +333,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
-    from .calibration import save_calibrations
+    from .calibration import check_alpha, load_calibrations, save_calibrations
     from .checkpoint import require_karl
     from .data import eval_set
 
     tok = _load(args)
     require_karl(tok.meta, f"calibrate --ckpt {args.ckpt or 'shipped'}")
     tok.check_options(args.epsilons)
+    for alpha in args.alpha:
+        check_alpha(alpha)
     target = tok.check_calibration_target(args.out)  # before the minutes of measuring, not after
+    before = load_calibrations(target)  # what the file written there holds now
     warn_calibration_overlap(args.data, tok.meta)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    before = dict(tok.calibrations)
     for cal in tok.calibrate_alphas(data.images, args.alpha, data=args.data, progress=not args.no_progress):
         alpha = cal.alpha
         if alpha in before:
-            log.warning("replacing the calibration for alpha = %g made on %d images of %s", alpha,
+            log.warning("replacing the calibration for alpha = %g in %s, made on %d images of %s", alpha, target,
                         before[alpha].num_images, before[alpha].data)
         print(f"alpha = {alpha} (guarantee {cal.guarantee:.3g}), {cal.num_images} images of {args.data}:")
         for eps in args.epsilons:
@@ -365,14 +367,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def warn_calibration_overlap(spec: str, meta: dict) -> None:
     """Warn when calibration data may hold training images: the guarantee assumes it does not."""
-    from .data import shared_folders
+    from .data import shared_sources
 
     trained_on = ((meta.get("run") or {}).get("train") or {}).get("data") or ""
     if (spec == "photos" or spec.startswith("photos:")) and spec != "photos:calib":
         log.warning("calibrating on %s: the guarantee needs data disjoint from training and test (photos:calib)", spec)
-    for folder in shared_folders(spec, trained_on):
-        log.warning("calibrating on %s, which is or overlaps a training folder of this checkpoint (%s): the "
-                    "guarantee needs images the model was not trained on", folder, trained_on)
+    for source in shared_sources(spec, trained_on, meta.get("train_cwd")):
+        log.warning("calibrating on %s, which is or overlaps training data of this checkpoint (%s): the "
+                    "guarantee needs images the model was not trained on", source, trained_on)
 
 
 def check_bench_output(out: Path) -> None:

@@ -151,19 +151,37 @@ def make_source(spec: str, image_size: int) -> Source:
     return Mixture([_single(name, image_size) for name, _ in parts], [w for _, w in parts])
 
 
-def shared_folders(spec: str, other: str) -> list[str]:
-    """The ``folder:`` sources of ``spec`` that are, hold or lie inside a folder of ``other``
-    (so may share images with it); specs that cannot be parsed share nothing."""
-    def folders(s: str) -> list[Path]:
+def shared_sources(spec: str, other: str, other_cwd: str | None) -> list[str]:
+    """The sources of ``spec`` that may share images with ``other``: the same source (``photos``
+    is ``photos:train``), or a ``folder:`` that is, holds or lies inside a folder of ``other``.
+    Relative folders of ``other`` are taken from ``other_cwd`` (skipped if None), those of
+    ``spec`` from the working directory; specs that cannot be parsed share nothing."""
+    def sources(s: str) -> list[str]:
         try:
-            names = [name for name, _ in spec_parts(s)]
+            return [name for name, _ in spec_parts(s)]
         except ValueError:
             return []
-        return [Path(folder_path(n.partition(":")[2])).resolve() for n in names
-                if n.startswith("folder:") and n.partition(":")[2]]
 
-    theirs = folders(other)
-    return [str(a) for a in folders(spec) if any(a == b or a in b.parents or b in a.parents for b in theirs)]
+    def folder(name: str, cwd: str | None) -> Path | None:
+        path = Path(folder_path(name.partition(":")[2]))
+        if not path.is_absolute() and cwd is None:
+            return None
+        return (Path(cwd or ".") / path).resolve()
+
+    def same_kind(name: str) -> str:
+        return "photos:train" if name == "photos" else name
+
+    theirs = [n for n in sources(other) if n.partition(":")[2] or not n.startswith("folder")]
+    their_folders = [f for n in theirs if n.startswith("folder:") and (f := folder(n, other_cwd)) is not None]
+    shared = []
+    for name in sources(spec):
+        if name.startswith("folder:") and name.partition(":")[2]:
+            mine = folder(name, os.getcwd())
+            if any(mine == f or mine in f.parents or f in mine.parents for f in their_folders):
+                shared.append(str(mine))
+        elif same_kind(name) in {same_kind(n) for n in theirs}:
+            shared.append(name)
+    return shared
 
 
 @dataclass

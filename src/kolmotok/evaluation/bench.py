@@ -206,6 +206,46 @@ def retime(jobs: list[tuple[Method, float]], rows: list[Row], images: torch.Tens
         r.wall_ms_per_image = float(np.median(r.wall_ms_rounds))
 
 
+def length_row(method: Method, images: torch.Tensor, n: int, batch: int) -> LengthRow | None:
+    """``method``'s reconstructions from exactly n tokens, summarised (None if it has none)."""
+    if method.at_length(images[:1], n) is None:
+        return None
+    recon = _batched(lambda x: method.at_length(x, n), images, batch).recon
+    err = l1_per_image(recon, images)
+    return LengthRow(method.name, n, float(err.mean()), float(psnr_per_image(recon, images).mean()),
+                     float(ssim_per_image(recon, images).mean()), err.tolist())
+
+
+def measure_lengths(methods: list[Method], images: torch.Tensor, grid: list[int], epsilons: list[float],
+                    batch: int, progress: bool = True) -> list[LengthRow]:
+    """Fixed-length rows: every method at the grid lengths (one set of KARL weights once, whichever
+    of karl, karl@G, karl+verify, oracle ran first). For KARL's weights, also the lengths a binary
+    search probes between two grid lengths to find, per eps, the shortest length meeting eps on
+    90% of images (the share is taken to grow with the length, as the oracle's search assumes);
+    the table prints the grid only."""
+    rows, measured = [], []
+    for m in tqdm(methods, desc="fixed lengths", disable=not progress, dynamic_ncols=True):
+        weights = getattr(m, "tok", None)
+        if weights is not None and any(weights is w for w in measured):
+            continue
+        measured.append(weights)
+        done = {n: r for n in grid if (r := length_row(m, images, n, batch)) is not None}
+        if has_karl_weights(m.name) and done:
+            for eps in epsilons:
+                ok = [n for n in sorted(done) if done[n].meet_share(eps) >= 0.9]
+                if not ok:
+                    continue
+                hi = ok[0]  # the shortest measured length that meets; lo the longest shorter one that misses
+                lo = max([n for n in done if n < hi], default=0)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if mid not in done:
+                        done[mid] = length_row(m, images, mid, batch)
+                    lo, hi = (lo, mid) if done[mid].meet_share(eps) >= 0.9 else (mid, hi)
+        rows += [done[n] for n in sorted(done)]
+    return rows
+
+
 def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_tokens: int, batch: int = 256,
               count_flops: bool = True, progress: bool = True, timing_rounds: int = 3) -> BenchResult:
     if timing_rounds < 1:
@@ -221,22 +261,7 @@ def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_t
         karl = next((k for k in rows if k.method == "karl" and k.epsilon == r.epsilon), None)
         if karl is not None:
             r.wall_ratio_to_karl = r.wall_ms_per_image / karl.wall_ms_per_image
-    grid, every_length = fixed_length_grid(max_tokens), list(range(1, max_tokens + 1))
-    length_rows, measured = [], []
-    for m in methods:
-        weights = getattr(m, "tok", None)
-        if weights is not None and any(weights is w for w in measured):  # karl@G, +verify, oracle: karl's weights
-            continue
-        measured.append(weights)
-        # KARL's weights at every length, for the claim against its own shortest fixed length; the
-        # table prints the grid (fixed-N baselines exist at their own length only)
-        for n in every_length if has_karl_weights(m.name) else grid:
-            if m.at_length(images[:1], n) is None:  # this method has no n-token reconstruction
-                continue
-            full = _batched(lambda x, m=m, n=n: m.at_length(x, n), images, batch)
-            err = l1_per_image(full.recon, images)
-            length_rows.append(LengthRow(m.name, n, float(err.mean()), float(psnr_per_image(full.recon, images).mean()),
-                                         float(ssim_per_image(full.recon, images).mean()), err.tolist()))
+    length_rows = measure_lengths(methods, images, fixed_length_grid(max_tokens), epsilons, batch, progress)
     result = BenchResult(data.name, len(images), max_tokens, list(epsilons), rows, length_rows,
                          threads=torch.get_num_threads(), timing_rounds=timing_rounds, image_names=data.names,
                          batch_size=batch)
@@ -291,7 +316,8 @@ def check_claims(res: BenchResult) -> list[dict]:
             claims.append(_claim(f"mean tokens at eps={eps}: KARL / oracle <= 1.2",
                                  f"{k.mean_size:.2f} / {o.mean_size:.2f} = {ratio:.2f}", ratio <= 1.2))
     # fixed-length models: the separately trained fixed-N baselines (their own training run), and
-    # KARL's own weights in fixed-length mode at every length 1..T_max (the same training as KARL's pass)
+    # KARL's own weights in fixed-length mode at any length 1..T_max (the same training as KARL's pass;
+    # measure_lengths searches the lengths between the grid's)
     fixed = [_FixedLength(r.mean_size, r.method, r.epsilon, r.meet_share)
              for r in res.rows if r.method.startswith("fixed-")]
     own = [_FixedLength(float(r.tokens), f"karl fixed-{r.tokens}", e, r.meet_share(e))

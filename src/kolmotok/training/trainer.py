@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -359,7 +360,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, objective: 
     def checkpoint(step: int) -> Path:
         path = out_dir / "checkpoints" / f"step_{step:07d}"
         if ddp.main:
-            meta = {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": step}
+            # train_cwd: where relative paths in the run's data specs point (calibrate's overlap check)
+            meta = {"model": to_dict(cfg.model), "run": to_dict(cfg), "step": step, "train_cwd": os.getcwd()}
             train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict(), "time": time.time() - t0}
             save_checkpoint(path, model, meta, train_state)
