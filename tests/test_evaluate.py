@@ -98,6 +98,11 @@ def test_per_image_rows_add_up_to_the_table(halting_model, tmp_path):
         assert np.mean([float(r[f"l1@{e}"]) for r in rows]) == pytest.approx(row.l1, abs=1e-5)
         assert np.mean([int(r[f"meets@{e}"]) for r in rows]) == pytest.approx(row.meet_share)
     assert evaluate(tok, data, [0.05]).images == []
+    # a folder's images carry the subfolder --by-source groups them under
+    files = [f"/r/{d}/{i}.png" for i, d in enumerate(["a", "a", "b", "b/c", ".", "a"])]
+    rows = list(csv.DictReader(image_table_csv(evaluate(tok, EvalSet("folder:/r", images, names=files), [0.1],
+                                                        per_image=True)).splitlines()))
+    assert [r["source"] for r in rows] == ["a", "a", "b", "b/c", ".", "a"] and [r["name"] for r in rows] == files
     odd = EvalSet("folder:/d", images, names=[f"/d/{c}.png" for c in ("a\rb", "c\nd", "e,f", 'g"h', "i", "j\udcff")])
     rows = list(csv.reader(image_table_csv(evaluate(tok, odd, [0.05], per_image=True)).splitlines()))
     assert [r[1] for r in rows[1:]] == ["/d/a\\rb.png", "/d/c\\nd.png", "/d/e,f.png", '/d/g"h.png', "/d/i.png",

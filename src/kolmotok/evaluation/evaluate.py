@@ -94,6 +94,7 @@ class ImageRow:
     """One image of the evaluation set (eval --per-image): per eps of the report, in its order."""
     index: int
     name: str | None  # its file (folder:) or photograph (photos:)
+    source: str | None  # what --by-source groups it under: its subfolder (folder:) or photograph (photos:)
     label: float | None  # ground-truth complexity (shapes)
     png_bytes: int
     full_budget_l1: float
@@ -181,21 +182,22 @@ def image_rows(data: EvalSet, png: np.ndarray, full: Reconstructions, per_eps: l
                ) -> list[ImageRow]:
     labels = data.labels.tolist() if data.labels is not None else [None] * len(png)
     names = [one_line(n) for n in data.names] if data.names else [None] * len(png)  # UTF-8, one line each
-    return [ImageRow(i, names[i], labels[i], int(png[i]), float(full.l1[i]), [int(r.lengths[i]) for r in per_eps],
-                     [float(r.l1[i]) for r in per_eps]) for i in range(len(png))]
+    sources = [one_line(n) for n in data.sources] if data.sources else [None] * len(png)
+    return [ImageRow(i, names[i], sources[i], labels[i], int(png[i]), float(full.l1[i]),
+                     [int(r.lengths[i]) for r in per_eps], [float(r.l1[i]) for r in per_eps]) for i in range(len(png))]
 
 
 def image_table_csv(rep: EvalReport) -> str:
-    """:attr:`EvalReport.images` as CSV: index, name, label, png_bytes, full_budget_l1, then per
+    """:attr:`EvalReport.images` as CSV: index, name, source, label, png_bytes, full_budget_l1, then per
     eps tokens@EPS, l1@EPS and meets@EPS (1 if the image met eps, else 0)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     eps = [f"{r.epsilon:g}" for r in rep.epsilon_rows]
-    writer.writerow(["index", "name", "label", "png_bytes", "full_budget_l1"]
+    writer.writerow(["index", "name", "source", "label", "png_bytes", "full_budget_l1"]
                     + [f"{k}@{e}" for e in eps for k in ("tokens", "l1", "meets")])
     for row in rep.images:
-        name, label = ("" if x is None else x for x in (row.name, row.label))
-        cells = [row.index, name, label, row.png_bytes, f"{row.full_budget_l1:.5f}"]
+        name, source, label = ("" if x is None else x for x in (row.name, row.source, row.label))
+        cells = [row.index, name, source, label, row.png_bytes, f"{row.full_budget_l1:.5f}"]
         for r, n, err in zip(rep.epsilon_rows, row.tokens, row.l1):
             cells += [n, f"{err:.5f}", int(err <= r.epsilon)]
         writer.writerow(cells)
