@@ -278,3 +278,10 @@ def test_clear_errors(tmp_path, capsys):
     assert "nosuch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--epsilons", "a,b"])
+
+
+def test_an_unknown_argument_is_named_with_its_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--methods", "karl"])
+    assert exit_.value.code == 2 and "kolmotok eval: error: unrecognized arguments: --methods karl" \
+        in capsys.readouterr().err

@@ -499,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"kolmotok {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    p.set_defaults(commands=sub.choices)  # main names the command in an unknown-argument error
 
     t = sub.add_parser("train", help="train a tokenizer (two-phase KARL objective)")
     t.add_argument("--preset", help=f"named config: {DEFAULT_PRESET} (default), small, base, small-vae, base-vae, "
@@ -679,7 +680,9 @@ def _sigterm_interrupts():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the command's own parser: "kolmotok eval: error: ...", with its usage
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, ranks other than 0 report warnings only
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s" if rank == 0 else
