@@ -335,3 +335,18 @@ def test_shipped_checkpoint_behaves_like_a_complexity_measure():
     flat = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(1)).expand(-1, -1, tok.image_size,
                                                                                   tok.image_size)
     assert (tok.encode(flat, epsilon=0.05).lengths <= 0.1 * tok.max_tokens).all(), "flat colours take few tokens"
+
+
+def test_mask_marks_the_kept_prefix_for_a_downstream_model(halting_model, varied_images):
+    """enc.mask is True exactly at each image's kept tokens; a torch transformer reading the padded
+    tokens with src_key_padding_mask=~enc.mask gives kept positions that ignore the padding."""
+    from kolmotok.api import Tokenizer
+
+    enc = Tokenizer(halting_model).encode(varied_images, epsilon=0.1)
+    assert len(enc.lengths.unique()) > 1 and torch.equal(enc.mask.sum(1), enc.lengths)
+    assert torch.equal(enc.mask, torch.stack([torch.arange(enc.budget) < n for n in enc.lengths]))
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(enc.tokens.shape[-1], 2, 16, dropout=0.0, batch_first=True).eval()
+    noisy = torch.where(enc.mask[..., None], enc.tokens, torch.randn_like(enc.tokens) * 100)
+    a, b = (layer(x, src_key_padding_mask=~enc.mask) for x in (enc.tokens, noisy))
+    torch.testing.assert_close(a[enc.mask], b[enc.mask])

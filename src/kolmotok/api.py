@@ -30,7 +30,7 @@ from .calibration import (
 )
 from .checkpoint import load_model, resolve_checkpoint, resolve_device, shipped_checkpoint
 from .data.images import load_images as _load_images
-from .models import KARLTokenizer
+from .models import KARLTokenizer, prefix_mask
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ class Encoding:
     def to_list(self) -> list[torch.Tensor]:
         """Per-image token sequences without padding."""
         return [t[: int(n)] for t, n in zip(self.tokens, self.lengths)]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, budget) bool, True at each image's kept tokens: the padding mask a downstream
+        model reads the padded ``tokens`` with (``src_key_padding_mask=~enc.mask`` in torch)."""
+        return prefix_mask(self.lengths, self.budget)
 
 
 def as_index(value) -> int | None:
