@@ -27,7 +27,7 @@ import torch
 import kolmotok
 from kolmotok.cli import report_errors
 from kolmotok.data import eval_set
-from kolmotok.evaluation.evaluate import spearman_by_colour
+from kolmotok.evaluation.evaluate import grayscale_mask, spearman_by_colour
 from kolmotok.evaluation.metrics import luminance_uint8, png_bytes, spearman
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     images = data.images
     png = np.array([png_bytes(im) for im in images], dtype=float)
     luma = np.array([png_bytes(im, luma=True) for im in images], dtype=float)
-    gray = ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).numpy()
+    gray = grayscale_mask(images)
     print(f"# python benchmarks/complexity_rank.py --bench {args.bench} --epsilon {args.epsilon:g}")
     print(f"{res['data']}: {len(images)} crops, {int(gray.sum())} grayscale, {int((~gray).sum())} colour; "
           f"mean PNG bytes {png[gray].mean():,.0f} (grayscale) vs {png[~gray].mean():,.0f} (colour); "

@@ -168,18 +168,22 @@ def shared_sources(spec: str, other: str, other_cwd: str | None) -> list[str]:
             return None
         return (Path(cwd or ".") / path).resolve()
 
-    def same_kind(name: str) -> str:
+    def is_folder(name: str) -> bool:  # (an empty folder: names nothing)
+        return name.startswith("folder:") and bool(name.partition(":")[2])
+
+    def same_source(name: str) -> str:
         return "photos:train" if name == "photos" else name
 
-    theirs = [n for n in sources(other) if n.partition(":")[2] or not n.startswith("folder")]
-    their_folders = [f for n in theirs if n.startswith("folder:") and (f := folder(n, other_cwd)) is not None]
+    theirs = sources(other)
+    their_folders = [f for n in theirs if is_folder(n) and (f := folder(n, other_cwd)) is not None]
+    their_others = {same_source(n) for n in theirs if not n.startswith("folder:")}
     shared = []
     for name in sources(spec):
-        if name.startswith("folder:") and name.partition(":")[2]:
+        if is_folder(name):
             mine = folder(name, os.getcwd())
             if any(mine == f or mine in f.parents or f in mine.parents for f in their_folders):
                 shared.append(str(mine))
-        elif same_kind(name) in {same_kind(n) for n in theirs}:
+        elif not name.startswith("folder:") and same_source(name) in their_others:
             shared.append(name)
     return shared
 

@@ -29,6 +29,7 @@ from .metrics import l1_per_image, psnr_per_image, spearman, ssim_per_image
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("karl", "karl@0.9", "oracle", "prefix", "recurrent", "fixed", "codecs")
+FIXED_LENGTH_SHARE = 0.9  # the fixed-length claims compare KARL with the shortest length meeting eps this often
 CODECS = ("png", "jpeg", "webp")
 
 
@@ -219,10 +220,8 @@ def length_row(method: Method, images: torch.Tensor, n: int, batch: int) -> Leng
 def measure_lengths(methods: list[Method], images: torch.Tensor, grid: list[int], epsilons: list[float],
                     batch: int, progress: bool = True) -> list[LengthRow]:
     """Fixed-length rows: every method at the grid lengths (one set of KARL weights once, whichever
-    of karl, karl@G, karl+verify, oracle ran first). For KARL's weights, also the lengths a binary
-    search probes between two grid lengths to find, per eps, the shortest length meeting eps on
-    90% of images (the share is taken to grow with the length, as the oracle's search assumes);
-    the table prints the grid only."""
+    of karl, karl@G, karl+verify, oracle ran first). For KARL's weights, also the lengths
+    :func:`search_shortest_length` probes between grid lengths; the table prints the grid only."""
     rows, measured = [], []
     for m in tqdm(methods, desc="fixed lengths", disable=not progress, dynamic_ncols=True):
         weights = getattr(m, "tok", None)
@@ -232,18 +231,28 @@ def measure_lengths(methods: list[Method], images: torch.Tensor, grid: list[int]
         done = {n: r for n in grid if (r := length_row(m, images, n, batch)) is not None}
         if has_karl_weights(m.name) and done:
             for eps in epsilons:
-                ok = [n for n in sorted(done) if done[n].meet_share(eps) >= 0.9]
-                if not ok:
-                    continue
-                hi = ok[0]  # the shortest measured length that meets; lo the longest shorter one that misses
-                lo = max([n for n in done if n < hi], default=0)
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if mid not in done:
-                        done[mid] = length_row(m, images, mid, batch)
-                    lo, hi = (lo, mid) if done[mid].meet_share(eps) >= 0.9 else (mid, hi)
+                search_shortest_length(done, lambda n, m=m: length_row(m, images, n, batch), eps)
         rows += [done[n] for n in sorted(done)]
     return rows
+
+
+def search_shortest_length(done: dict[int, LengthRow], measure, epsilon: float) -> None:
+    """Binary search, between the shortest measured length meeting ``epsilon`` on
+    FIXED_LENGTH_SHARE of images and the longest shorter one, for the shortest length that does;
+    adds what it measures (``measure(n)``) to ``done``. Assumes the share grows with the length,
+    as the oracle's search does. Nothing to search if no measured length meets it."""
+    def meets(n: int) -> bool:
+        if n not in done:
+            done[n] = measure(n)
+        return done[n].meet_share(epsilon) >= FIXED_LENGTH_SHARE
+
+    hi = next((n for n in sorted(done) if meets(n)), None)
+    if hi is None:
+        return
+    lo = max([n for n in done if n < hi], default=0)  # misses (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
 
 
 def run_bench(methods: list[Method], data: EvalSet, epsilons: list[float], max_tokens: int, batch: int = 256,
@@ -327,7 +336,7 @@ def check_claims(res: BenchResult) -> list[dict]:
         if not candidates:
             continue
         for k in karl:
-            ok = sorted(c for c in candidates if c.epsilon == k.epsilon and c.meet_share >= 0.9)
+            ok = sorted(c for c in candidates if c.epsilon == k.epsilon and c.meet_share >= FIXED_LENGTH_SHARE)
             if not ok:
                 claims.append(_claim(f"eps={k.epsilon}: KARL vs {label} meeting eps on 90%",
                                      "no fixed length meets eps on 90% of images", None))

@@ -220,11 +220,16 @@ def source_rows(sources: list[str], eps_rows: list[EpsilonRow], per_eps: dict[fl
     return rows
 
 
+def grayscale_mask(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) -> (N,) bool numpy array, True for images with R = G = B everywhere."""
+    return ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).cpu().numpy()
+
+
 def spearman_by_colour(images: torch.Tensor, values: np.ndarray, png: np.ndarray, min_group: int = 10
                        ) -> dict[str, float]:
     """Spearman(values, png) within grayscale (R = G = B) and within colour images; a group
     smaller than ``min_group`` is left out."""
-    gray = ((images[:, 0] == images[:, 1]) & (images[:, 1] == images[:, 2])).flatten(1).all(1).cpu().numpy()
+    gray = grayscale_mask(images)
     return {name: spearman(values[sel], png[sel]) for name, sel in (("grayscale", gray), ("colour", ~gray))
             if sel.sum() >= min_group}
 
