@@ -107,3 +107,28 @@ def test_per_image_rows_add_up_to_the_table(halting_model, tmp_path):
     rows = list(csv.reader(image_table_csv(evaluate(tok, odd, [0.05], per_image=True)).splitlines()))
     assert [r[1] for r in rows[1:]] == ["/d/a\\rb.png", "/d/c\\nd.png", "/d/e,f.png", '/d/g"h.png', "/d/i.png",
                                         "/d/j\\xff.png"]  # one line per image, whatever its name
+
+
+def test_the_within_photograph_ceiling_keeps_each_groups_values_and_never_lowers_rho():
+    """benchmarks/complexity_rank.py's ``ceiling``: each group keeps its own values, reordered to
+    follow the key within the group; by the rearrangement inequality rho can only rise, and a
+    single group reaches 1."""
+    import importlib.util
+    from pathlib import Path
+
+    from kolmotok.evaluation.metrics import spearman
+
+    path = Path(__file__).parents[1] / "benchmarks" / "complexity_rank.py"
+    spec = importlib.util.spec_from_file_location("complexity_rank", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.array(["a", "b", "c"]), 20)
+    key = rng.random(60) + np.repeat([0.0, 2.0, 1.0], 20)
+    values = rng.integers(1, 33, 60).astype(float) + np.repeat([0, 5, 30], 20)
+    ceiled = script.follow_within(values, key, groups)
+    for g in "abc":
+        sel = groups == g
+        assert sorted(ceiled[sel]) == sorted(values[sel]) and spearman(ceiled[sel], key[sel]) > 0.99
+    assert spearman(values, key) < spearman(ceiled, key) < 1.0  # group c's level is out of key order
+    assert spearman(script.follow_within(values, key, np.zeros(60)), key) > 0.99  # ties among the values keep it under 1
