@@ -131,4 +131,4 @@ def test_the_within_photograph_ceiling_keeps_each_groups_values_and_never_lowers
         sel = groups == g
         assert sorted(ceiled[sel]) == sorted(values[sel]) and spearman(ceiled[sel], key[sel]) > 0.99
     assert spearman(values, key) < spearman(ceiled, key) < 1.0  # group c's level is out of key order
-    assert spearman(script.follow_within(values, key, np.zeros(60)), key) > 0.99  # ties among the values keep it under 1
+    assert spearman(script.follow_within(values, key, np.zeros(60)), key) > 0.99  # ties keep it under 1

@@ -1,0 +1,65 @@
+"""Downstream probe: what each setting's token counts cost a classifier reading the tokens.
+
+    python benchmarks/downstream.py [--data shapes] [--num-images 2048] [--ckpt DIR]
+        [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,32] [--out FILE.json]
+
+For KARL at each eps and for the same model in fixed-length mode at each length, the images
+are encoded once and a small transformer probe (kolmotok.evaluation.downstream) is trained on
+three quarters of them to predict each image's label and scored on the rest, with three probe
+seeds. Labels: the complexity class of ``shapes``, the photograph of ``photos:SPLIT`` crops,
+the subfolder of ``folder:PATH`` images. The last column sets each KARL row beside the
+fixed-length accuracy interpolated at the same mean tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+import kolmotok
+from kolmotok.cli import report_errors
+from kolmotok.data import eval_set
+from kolmotok.evaluation.downstream import ProbeSettings, class_labels, downstream_table, format_table
+from kolmotok.io import write_json
+
+
+def numbers(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one)")
+    ap.add_argument("--data", default="shapes", help="shapes, photos:SPLIT or folder:PATH (class subfolders)")
+    ap.add_argument("--num-images", type=int, default=2048)
+    ap.add_argument("--epsilons", type=numbers(float), default=[0.03, 0.05, 0.08, 0.12])
+    ap.add_argument("--lengths", type=numbers(int), default=[1, 2, 3, 4, 6, 8, 12, 16, 32])
+    ap.add_argument("--steps", type=int, default=ProbeSettings.steps, help="probe training steps")
+    ap.add_argument("--seeds", type=int, default=ProbeSettings.seeds, help="probes per setting")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", help="also write the rows as JSON to this file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok = kolmotok.load(args.ckpt, device="cpu")
+    for eps in args.epsilons:
+        tok.check_options(eps, None)
+    for n in args.lengths:
+        tok.check_options(0.0, n)
+    settings = ProbeSettings(steps=args.steps, seeds=args.seeds)
+    data = eval_set(args.data, tok.image_size, args.num_images)
+    names = class_labels(data)[1]
+    rows = downstream_table(tok, data, args.epsilons, args.lengths, settings)
+    print(" ".join(["# python benchmarks/downstream.py", *sys.argv[1:]]))
+    print(format_table(rows, data, names, settings))
+    if args.out:
+        write_json(args.out, {"data": data.name, "classes": names, "settings": dataclasses.asdict(settings),
+                              "rows": [dataclasses.asdict(r) for r in rows]})
+
+
+if __name__ == "__main__":
+    sys.exit(report_errors(Path(__file__).name, main))

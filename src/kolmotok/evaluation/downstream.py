@@ -1,0 +1,168 @@
+"""What the tokens a setting drops cost a downstream model: a probe benchmark.
+
+For each setting (KARL at a target eps, or a fixed length), every image of a labelled set is
+encoded once; a small transformer probe, reading the padded tokens with ``Encoding.mask``, is
+trained to predict each image's label from them on one part of the set and scored on the rest.
+Accuracy against mean tokens kept answers the question a pipeline owner asks of adaptive
+tokenization: at the same average cost, does spending tokens where images are complex keep
+more of what a downstream model needs than a fixed length does?
+
+Labels come with the data: the ground-truth complexity class of ``shapes`` (flat, gradient,
+1..8 primitives, noise), the source photograph of ``photos:SPLIT`` crops, the subfolder of a
+``folder:PATH`` image (class folders, as ImageFolder lays them out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kolmotok.api import Encoding, Tokenizer
+from kolmotok.data import EvalSet
+
+
+@dataclass
+class ProbeSettings:
+    steps: int = 400
+    batch_size: int = 128
+    width: int = 64
+    layers: int = 2
+    lr: float = 2e-3
+    seeds: int = 3
+    test_share: float = 0.25
+
+
+@dataclass
+class DownstreamRow:
+    setting: str  # "karl eps=0.05" or "fixed-8"
+    epsilon: float | None
+    length: int | None
+    mean_tokens: float
+    accuracy: float  # mean over probe seeds
+    accuracy_std: float
+    accuracies: list[float]
+
+
+def class_labels(data: EvalSet) -> tuple[torch.Tensor, list[str]]:
+    """(N,) class indices and the class names: the shapes complexity, else each image's source."""
+    if data.labels is not None:
+        raw = [str(int(v)) for v in data.labels]
+    elif data.sources is not None:
+        raw = data.sources
+    else:
+        raise ValueError(f"{data.name}: no labels to probe (use shapes, photos:SPLIT or a folder of class folders)")
+    names = sorted(set(raw), key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))  # 2 before 10
+    if len(names) < 2:
+        raise ValueError(f"{data.name}: every image has the same label {names[0]!r}; a probe needs two classes "
+                         "at least (a folder's classes are its subfolders)")
+    index = {n: i for i, n in enumerate(names)}
+    return torch.tensor([index[s] for s in raw]), names
+
+
+def split_indices(n: int, test_share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of 0..n-1 into (train, test), the test part ``test_share`` of n."""
+    if not 0 < test_share < 1:
+        raise ValueError(f"test share must be in (0, 1), got {test_share}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, round(n * test_share))
+    if n - n_test < 1:
+        raise ValueError(f"{n} images cannot be split into a probe's training and test parts")
+    return perm[n_test:], perm[:n_test]
+
+
+class TokenProbe(nn.Module):
+    """Tokens -> class logits: embed, add the token index, a small transformer that ignores
+    padding, mean over the kept tokens, linear head."""
+
+    def __init__(self, token_dim: int, max_tokens: int, classes: int, width: int = 64, layers: int = 2,
+                 codebook_size: int = 0) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(codebook_size, width) if codebook_size else nn.Linear(token_dim, width)
+        self.index = nn.Parameter(torch.randn(max_tokens, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=2 * width, dropout=0.0, batch_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens.clamp(min=0) if not tokens.is_floating_point() else tokens)
+        x = self.body(x + self.index[: x.shape[1]], src_key_padding_mask=~mask)
+        keep = mask[..., None].to(x.dtype)
+        return self.head((x * keep).sum(1) / keep.sum(1))
+
+
+def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, test: torch.Tensor, classes: int,
+                   max_tokens: int, settings: ProbeSettings, seed: int, codebook_size: int = 0) -> float:
+    """Train a fresh probe on ``enc``'s tokens of the ``train`` images; its accuracy on ``test``."""
+    torch.manual_seed(seed)
+    tokens, mask = enc.tokens.detach().cpu(), enc.mask.cpu()
+    token_dim = 1 if codebook_size else tokens.shape[-1]
+    probe = TokenProbe(token_dim, max_tokens, classes, settings.width, settings.layers, codebook_size)
+    opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(seed)
+    probe.train()
+    for _ in range(settings.steps):
+        batch = train[torch.randint(len(train), (min(settings.batch_size, len(train)),), generator=g)]
+        loss = nn.functional.cross_entropy(probe(tokens[batch], mask[batch]), labels[batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    probe.eval()
+    with torch.no_grad():
+        predicted = probe(tokens[test], mask[test]).argmax(1)
+    return float((predicted == labels[test]).float().mean())
+
+
+def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengths: list[int],
+                     settings: ProbeSettings | None = None, progress: bool = True) -> list[DownstreamRow]:
+    """One row per setting: KARL at each eps (single pass), then each fixed length; the same
+    images, split and probe seeds for all."""
+    settings = settings or ProbeSettings()
+    labels, names = class_labels(data)
+    train, test = split_indices(len(labels), settings.test_share)
+    codebook_size = tok.model.quantizer.codebook_size if tok.discrete else 0
+    jobs = [(f"karl eps={e:g}", e, None) for e in epsilons] + [(f"fixed-{n}", None, n) for n in lengths]
+    rows = []
+    bar = tqdm(total=len(jobs) * settings.seeds, desc="probes", unit="probe", disable=not progress,
+               dynamic_ncols=True)
+    for setting, eps, length in jobs:
+        with torch.no_grad():
+            enc = tok.encode(data.images, epsilon=0.0 if eps is None else eps, budget=length)
+        accs = []
+        for seed in range(settings.seeds):
+            accs.append(probe_accuracy(enc, labels, train, test, len(names), tok.max_tokens, settings, seed,
+                                       codebook_size))
+            bar.update()
+        rows.append(DownstreamRow(setting, eps, length, float(enc.lengths[test].float().mean()),
+                                  float(np.mean(accs)), float(np.std(accs)), accs))
+    bar.close()
+    return rows
+
+
+def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
+    """The fixed-length rows' accuracy linearly interpolated at ``tokens`` (nan outside their range)."""
+    fixed = sorted((r.length, r.accuracy) for r in rows if r.length is not None)
+    if not fixed or not fixed[0][0] <= tokens <= fixed[-1][0]:
+        return math.nan
+    return float(np.interp(tokens, [n for n, _ in fixed], [a for _, a in fixed]))
+
+
+def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings) -> str:
+    n_test = round(len(data.images) * settings.test_share)
+    lines = [f"data {data.name}: {len(data.images)} images, {len(names)} classes, probe trained on "
+             f"{len(data.images) - n_test} and scored on {n_test}; {settings.seeds} probe seeds, "
+             f"{settings.steps} steps each",
+             "", f"{'setting':<16} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
+    for r in rows:
+        same = "" if r.length is not None else f"{fixed_accuracy_at(rows, r.mean_tokens):21.3f}"
+        lines.append(f"{r.setting:<16} {r.mean_tokens:11.2f} {r.accuracy:9.3f} {r.accuracy_std:7.3f} {same}")
+    lines.append("")
+    lines.append("mean tokens: over the scored images; fixed at same tokens: the fixed-length rows' accuracy "
+                 "interpolated at that mean (nan outside their lengths)")
+    return "\n".join(lines)

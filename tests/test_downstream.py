@@ -1,0 +1,102 @@
+"""The downstream probe benchmark (kolmotok.evaluation.downstream)."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import smooth_images
+from kolmotok.api import Encoding, Tokenizer
+from kolmotok.data import EvalSet
+from kolmotok.evaluation.downstream import (
+    DownstreamRow,
+    ProbeSettings,
+    TokenProbe,
+    class_labels,
+    downstream_table,
+    fixed_accuracy_at,
+    probe_accuracy,
+    split_indices,
+)
+
+
+def encoding(tokens: torch.Tensor, lengths: torch.Tensor) -> Encoding:
+    return Encoding(tokens, lengths, torch.zeros(len(lengths)), tokens.shape[1])
+
+
+def test_class_labels_come_from_the_data():
+    images = torch.zeros(5, 3, 4, 4)
+    labels, names = class_labels(EvalSet("shapes", images, labels=torch.tensor([10, 2, 2, 0, 10])))
+    assert names == ["0", "2", "10"] and labels.tolist() == [2, 1, 1, 0, 2]  # numeric order, not text order
+    folder = EvalSet("folder:/d", images, names=["/d/cat/a.png", "/d/dog/b.png", "/d/cat/c.png", "/d/x.png",
+                                                 "/d/dog/e.png"])
+    labels, names = class_labels(folder)
+    assert names == [".", "cat", "dog"] and labels.tolist() == [1, 2, 1, 0, 2]
+    with pytest.raises(ValueError, match="folder:/d: every image has the same label 'cat'"):
+        class_labels(EvalSet("folder:/d", images[:2], names=["/d/cat/a.png", "/d/cat/b.png"]))
+    with pytest.raises(ValueError, match="photos:x: no labels"):
+        class_labels(EvalSet("photos:x", images))
+
+
+def test_split_is_disjoint_seeded_and_refuses_what_cannot_be_split():
+    train, test = split_indices(20, 0.25)
+    assert len(test) == 5 and sorted(train.tolist() + test.tolist()) == list(range(20))
+    assert split_indices(20, 0.25)[1].tolist() == test.tolist()
+    for share in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="test share"):
+            split_indices(20, share)
+    with pytest.raises(ValueError, match="1 images cannot be split"):
+        split_indices(1, 0.5)
+
+
+def test_the_probe_never_reads_padded_tokens():
+    torch.manual_seed(0)
+    probe = TokenProbe(token_dim=6, max_tokens=8, classes=3).eval()
+    tokens, lengths = torch.randn(4, 8, 6), torch.tensor([1, 3, 8, 5])
+    mask = encoding(tokens, lengths).mask
+    changed = tokens.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), 6) * 100
+    with torch.no_grad():
+        assert torch.allclose(probe(tokens, mask), probe(changed, mask), atol=1e-5)
+        assert not torch.allclose(probe(tokens, mask), probe(tokens * 2, mask))
+    codes = TokenProbe(1, 8, 3, codebook_size=16).eval()  # discrete tokens: -1 padding is not an index
+    with torch.no_grad():
+        assert codes(torch.full((2, 8), -1).index_fill(1, torch.tensor([0]), 3), mask[:2]).shape == (2, 3)
+
+
+def test_a_probe_learns_what_the_kept_tokens_hold_and_not_what_padding_would():
+    """The label is written into one token (+3 or -3 in its first value): learnable when that
+    token is kept, chance when it sits past every image's length."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(2, (400,), generator=g)
+    tokens = torch.randn(400, 4, 6, generator=g)
+    train, test = split_indices(400, 0.25)
+    settings = ProbeSettings(steps=60, batch_size=64, width=32, layers=1, seeds=1)
+    accuracy = {}
+    for where in (1, 3):  # the 2nd token (kept) or the 4th (past the 2 kept)
+        marked = tokens.clone()
+        marked[:, where, 0] = 6.0 * labels - 3.0
+        accuracy[where] = probe_accuracy(encoding(marked, torch.full((400,), 2)), labels, train, test, 2, 4,
+                                         settings, seed=0)
+    assert accuracy[1] > 0.95 and accuracy[3] < 0.7
+
+
+def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model):
+    tok = Tokenizer(halting_model)
+    data = EvalSet("shapes", smooth_images(24, 3), labels=torch.arange(24) % 3)
+    settings = ProbeSettings(steps=3, seeds=2, test_share=0.25)
+    rows = downstream_table(tok, data, [0.1, 0.3], [1, tok.max_tokens], settings, progress=False)
+    assert [r.setting for r in rows] == ["karl eps=0.1", "karl eps=0.3", "fixed-1", f"fixed-{tok.max_tokens}"]
+    assert [r.length for r in rows] == [None, None, 1, tok.max_tokens] and rows[0].epsilon == 0.1
+    assert rows[2].mean_tokens == 1.0 and rows[3].mean_tokens == tok.max_tokens
+    assert 1.0 <= rows[0].mean_tokens <= tok.max_tokens
+    for r in rows:
+        assert len(r.accuracies) == 2 and all(abs(6 * a - round(6 * a)) < 1e-5 for a in r.accuracies)  # 6 scored
+
+
+def test_fixed_accuracy_is_interpolated_between_the_fixed_rows():
+    rows = [DownstreamRow("karl", 0.05, None, 3.0, 0.9, 0.0, [0.9]), DownstreamRow("fixed-2", None, 2, 2.0, 0.5, 0, []),
+            DownstreamRow("fixed-4", None, 4, 4.0, 0.7, 0.0, [])]
+    assert fixed_accuracy_at(rows, 3.0) == pytest.approx(0.6)
+    assert fixed_accuracy_at(rows, 4.0) == pytest.approx(0.7)
+    assert math.isnan(fixed_accuracy_at(rows, 1.5)) and math.isnan(fixed_accuracy_at(rows[:1], 3.0))
