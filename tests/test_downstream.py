@@ -14,6 +14,7 @@ from kolmotok.evaluation.downstream import (
     TokenProbe,
     class_labels,
     downstream_table,
+    encode_all,
     fixed_accuracy_at,
     probe_accuracy,
     split_indices,
@@ -76,7 +77,7 @@ def test_a_probe_learns_what_the_kept_tokens_hold_and_not_what_padding_would():
     for where in (1, 3):  # the 2nd token (kept) or the 4th (past the 2 kept)
         marked = tokens.clone()
         marked[:, where, 0] = 6.0 * labels - 3.0
-        accuracy[where] = probe_accuracy(encoding(marked, torch.full((400,), 2)), labels, train, test, 2, 4,
+        accuracy[where] = probe_accuracy(encoding(marked, torch.full((400,), 2)), labels, train, test, 2,
                                          settings, seed=0)
     assert accuracy[1] > 0.95 and accuracy[3] < 0.7
 
@@ -90,6 +91,8 @@ def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model)
     assert [r.length for r in rows] == [None, None, 1, tok.max_tokens] and rows[0].epsilon == 0.1
     assert rows[2].mean_tokens == 1.0 and rows[3].mean_tokens == tok.max_tokens
     assert 1.0 <= rows[0].mean_tokens <= tok.max_tokens
+    chunked, whole = encode_all(tok, data.images, 0.1, None, batch=5), tok.encode(data.images, epsilon=0.1)
+    assert torch.equal(chunked.lengths, whole.lengths) and torch.allclose(chunked.tokens, whole.tokens, atol=1e-5)
     for r in rows:
         assert len(r.accuracies) == 2 and all(abs(6 * a - round(6 * a)) < 1e-5 for a in r.accuracies)  # 6 scored
 

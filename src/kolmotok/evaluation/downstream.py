@@ -95,13 +95,24 @@ class TokenProbe(nn.Module):
         return self.head((x * keep).sum(1) / keep.sum(1))
 
 
+@torch.no_grad()
+def encode_all(tok: Tokenizer, images: torch.Tensor, epsilon: float, budget: int | None,
+               batch: int = 256) -> Encoding:
+    """``images`` encoded ``batch`` at a time, as one Encoding on the CPU."""
+    parts = [tok.encode(chunk, epsilon=epsilon, budget=budget) for chunk in images.split(batch)]
+    return Encoding(torch.cat([p.tokens.cpu() for p in parts]), torch.cat([p.lengths.cpu() for p in parts]),
+                    torch.cat([p.epsilon.cpu() for p in parts]), parts[0].budget)
+
+
 def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, test: torch.Tensor, classes: int,
-                   max_tokens: int, settings: ProbeSettings, seed: int, codebook_size: int = 0) -> float:
-    """Train a fresh probe on ``enc``'s tokens of the ``train`` images; its accuracy on ``test``."""
-    torch.manual_seed(seed)
+                   settings: ProbeSettings, seed: int, codebook_size: int = 0) -> float:
+    """Train a fresh probe on ``enc``'s tokens of the ``train`` images; its accuracy on ``test``.
+    (The global torch RNG is left as it was.)"""
     tokens, mask = enc.tokens.detach().cpu(), enc.mask.cpu()
-    token_dim = 1 if codebook_size else tokens.shape[-1]
-    probe = TokenProbe(token_dim, max_tokens, classes, settings.width, settings.layers, codebook_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe = TokenProbe(1 if codebook_size else tokens.shape[-1], enc.budget, classes, settings.width,
+                           settings.layers, codebook_size)
     opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -132,12 +143,10 @@ def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengt
     bar = tqdm(total=len(jobs) * settings.seeds, desc="probes", unit="probe", disable=not progress,
                dynamic_ncols=True)
     for setting, eps, length in jobs:
-        with torch.no_grad():
-            enc = tok.encode(data.images, epsilon=0.0 if eps is None else eps, budget=length)
+        enc = encode_all(tok, data.images, 0.0 if eps is None else eps, length)
         accs = []
         for seed in range(settings.seeds):
-            accs.append(probe_accuracy(enc, labels, train, test, len(names), tok.max_tokens, settings, seed,
-                                       codebook_size))
+            accs.append(probe_accuracy(enc, labels, train, test, len(names), settings, seed, codebook_size))
             bar.update()
         rows.append(DownstreamRow(setting, eps, length, float(enc.lengths[test].float().mean()),
                                   float(np.mean(accs)), float(np.std(accs)), accs))
@@ -154,9 +163,9 @@ def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
 
 
 def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings) -> str:
-    n_test = round(len(data.images) * settings.test_share)
+    train, test = split_indices(len(data.images), settings.test_share)
     lines = [f"data {data.name}: {len(data.images)} images, {len(names)} classes, probe trained on "
-             f"{len(data.images) - n_test} and scored on {n_test}; {settings.seeds} probe seeds, "
+             f"{len(train)} and scored on {len(test)}; {settings.seeds} probe seeds, "
              f"{settings.steps} steps each",
              "", f"{'setting':<16} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
     for r in rows:
