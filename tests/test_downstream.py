@@ -16,6 +16,7 @@ from kolmotok.evaluation.downstream import (
     downstream_table,
     encode_all,
     fixed_accuracy_at,
+    pixel_patches,
     probe_accuracy,
     split_indices,
 )
@@ -87,9 +88,12 @@ def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model)
     data = EvalSet("shapes", smooth_images(24, 3), labels=torch.arange(24) % 3)
     settings = ProbeSettings(steps=3, seeds=2, test_share=0.25)
     rows = downstream_table(tok, data, [0.1, 0.3], [1, tok.max_tokens], settings, progress=False)
-    assert [r.setting for r in rows] == ["karl eps=0.1", "karl eps=0.3", "fixed-1", f"fixed-{tok.max_tokens}"]
-    assert [r.length for r in rows] == [None, None, 1, tok.max_tokens] and rows[0].epsilon == 0.1
-    assert rows[2].mean_tokens == 1.0 and rows[3].mean_tokens == tok.max_tokens
+    patches = (tok.image_size // halting_model.cfg.patch_size) ** 2
+    assert [r.setting for r in rows] == ["karl eps=0.1", "karl eps=0.3", "fixed-1", f"fixed-{tok.max_tokens}",
+                                         f"pixels ({patches} patches)"]
+    assert [r.kind for r in rows] == ["karl", "karl", "fixed", "fixed", "pixels"]
+    assert [r.length for r in rows] == [None, None, 1, tok.max_tokens, None] and rows[0].epsilon == 0.1
+    assert rows[2].mean_tokens == 1.0 and rows[3].mean_tokens == tok.max_tokens and rows[4].mean_tokens == patches
     assert 1.0 <= rows[0].mean_tokens <= tok.max_tokens
     chunked, whole = encode_all(tok, data.images, 0.1, None, batch=5), tok.encode(data.images, epsilon=0.1)
     assert torch.equal(chunked.lengths, whole.lengths) and torch.allclose(chunked.tokens, whole.tokens, atol=1e-5)
@@ -97,9 +101,18 @@ def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model)
         assert len(r.accuracies) == 2 and all(abs(6 * a - round(6 * a)) < 1e-5 for a in r.accuracies)  # 6 scored
 
 
+def test_pixel_patches_cut_each_image_into_the_models_patches_row_by_row():
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    enc = pixel_patches(images, 2)
+    assert enc.tokens.shape == (2, 4, 12) and enc.lengths.tolist() == [4, 4] and bool(enc.mask.all())
+    assert torch.equal(enc.tokens[1, 2], images[1, :, 2:4, 0:2].reshape(-1))  # 3rd patch: 2nd row, 1st column
+
+
 def test_fixed_accuracy_is_interpolated_between_the_fixed_rows():
-    rows = [DownstreamRow("karl", 0.05, None, 3.0, 0.9, 0.0, [0.9]), DownstreamRow("fixed-2", None, 2, 2.0, 0.5, 0, []),
-            DownstreamRow("fixed-4", None, 4, 4.0, 0.7, 0.0, [])]
+    rows = [DownstreamRow("karl", "karl eps=0.05", 0.05, None, 3.0, 0.9, 0.0, [0.9]),
+            DownstreamRow("fixed", "fixed-2", None, 2, 2.0, 0.5, 0, []),
+            DownstreamRow("fixed", "fixed-4", None, 4, 4.0, 0.7, 0.0, []),
+            DownstreamRow("pixels", "pixels (64 patches)", None, None, 64.0, 1.0, 0.0, [])]
     assert fixed_accuracy_at(rows, 3.0) == pytest.approx(0.6)
     assert fixed_accuracy_at(rows, 4.0) == pytest.approx(0.7)
     assert math.isnan(fixed_accuracy_at(rows, 1.5)) and math.isnan(fixed_accuracy_at(rows[:1], 3.0))

@@ -5,7 +5,9 @@ encoded once; a small transformer probe, reading the padded tokens with ``Encodi
 trained to predict each image's label from them on one part of the set and scored on the rest.
 Accuracy against mean tokens kept answers the question a pipeline owner asks of adaptive
 tokenization: at the same average cost, does spending tokens where images are complex keep
-more of what a downstream model needs than a fixed length does?
+more of what a downstream model needs than a fixed length does? A last row gives the same
+probe the images themselves, cut into the model's patches: how far the task can go with this
+probe and data at all.
 
 Labels come with the data: the ground-truth complexity class of ``shapes`` (flat, gradient,
 1..8 primitives, noise), the source photograph of ``photos:SPLIT`` crops, the subfolder of a
@@ -39,7 +41,8 @@ class ProbeSettings:
 
 @dataclass
 class DownstreamRow:
-    setting: str  # "karl eps=0.05" or "fixed-8"
+    kind: str  # "karl", "fixed" or "pixels"
+    setting: str  # "karl eps=0.05", "fixed-8", "pixels (64 patches)"
     epsilon: float | None
     length: int | None
     mean_tokens: float
@@ -104,6 +107,15 @@ def encode_all(tok: Tokenizer, images: torch.Tensor, epsilon: float, budget: int
                     torch.cat([p.epsilon.cpu() for p in parts]), parts[0].budget)
 
 
+def pixel_patches(images: torch.Tensor, patch: int) -> Encoding:
+    """Images as an Encoding of their non-overlapping ``patch`` x ``patch`` patches (flattened
+    RGB values, row by row), every patch kept: the pixels reference for the probe."""
+    n, c, h, w = images.shape
+    grid = images.cpu().unfold(2, patch, patch).unfold(3, patch, patch)  # (N, C, H/p, W/p, p, p)
+    tokens = grid.permute(0, 2, 3, 1, 4, 5).reshape(n, (h // patch) * (w // patch), c * patch * patch)
+    return Encoding(tokens, torch.full((n,), tokens.shape[1]), torch.zeros(n), tokens.shape[1])
+
+
 def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, test: torch.Tensor, classes: int,
                    settings: ProbeSettings, seed: int, codebook_size: int = 0) -> float:
     """Train a fresh probe on ``enc``'s tokens of the ``train`` images; its accuracy on ``test``.
@@ -138,17 +150,23 @@ def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengt
     labels, names = class_labels(data)
     train, test = split_indices(len(labels), settings.test_share)
     codebook_size = tok.model.quantizer.codebook_size if tok.discrete else 0
-    jobs = [(f"karl eps={e:g}", e, None) for e in epsilons] + [(f"fixed-{n}", None, n) for n in lengths]
+    patch = tok.model.cfg.patch_size
+    jobs = ([("karl", f"karl eps={e:g}", e, None) for e in epsilons]
+            + [("fixed", f"fixed-{n}", None, n) for n in lengths]
+            + [("pixels", f"pixels ({(tok.image_size // patch) ** 2} patches)", None, None)])
     rows = []
     bar = tqdm(total=len(jobs) * settings.seeds, desc="probes", unit="probe", disable=not progress,
                dynamic_ncols=True)
-    for setting, eps, length in jobs:
-        enc = encode_all(tok, data.images, 0.0 if eps is None else eps, length)
+    for kind, setting, eps, length in jobs:
+        if kind == "pixels":
+            enc, codes = pixel_patches(data.images, patch), 0
+        else:
+            enc, codes = encode_all(tok, data.images, 0.0 if eps is None else eps, length), codebook_size
         accs = []
         for seed in range(settings.seeds):
-            accs.append(probe_accuracy(enc, labels, train, test, len(names), settings, seed, codebook_size))
+            accs.append(probe_accuracy(enc, labels, train, test, len(names), settings, seed, codes))
             bar.update()
-        rows.append(DownstreamRow(setting, eps, length, float(enc.lengths[test].float().mean()),
+        rows.append(DownstreamRow(kind, setting, eps, length, float(enc.lengths[test].float().mean()),
                                   float(np.mean(accs)), float(np.std(accs)), accs))
     bar.close()
     return rows
@@ -156,7 +174,7 @@ def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengt
 
 def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
     """The fixed-length rows' accuracy linearly interpolated at ``tokens`` (nan outside their range)."""
-    fixed = sorted((r.length, r.accuracy) for r in rows if r.length is not None)
+    fixed = sorted((r.length, r.accuracy) for r in rows if r.kind == "fixed")
     if not fixed or not fixed[0][0] <= tokens <= fixed[-1][0]:
         return math.nan
     return float(np.interp(tokens, [n for n, _ in fixed], [a for _, a in fixed]))
@@ -169,9 +187,10 @@ def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], set
              f"{settings.steps} steps each",
              "", f"{'setting':<16} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
     for r in rows:
-        same = "" if r.length is not None else f"{fixed_accuracy_at(rows, r.mean_tokens):21.3f}"
+        same = f"{fixed_accuracy_at(rows, r.mean_tokens):21.3f}" if r.kind == "karl" else ""
         lines.append(f"{r.setting:<16} {r.mean_tokens:11.2f} {r.accuracy:9.3f} {r.accuracy_std:7.3f} {same}")
     lines.append("")
     lines.append("mean tokens: over the scored images; fixed at same tokens: the fixed-length rows' accuracy "
-                 "interpolated at that mean (nan outside their lengths)")
+                 "interpolated at that mean (nan outside their lengths); pixels: the same probe on the images' "
+                 "own patches")
     return "\n".join(lines)
