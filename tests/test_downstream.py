@@ -16,6 +16,7 @@ from kolmotok.evaluation.downstream import (
     downstream_table,
     encode_all,
     fixed_accuracy_at,
+    format_table,
     pixel_patches,
     probe_accuracy,
     split_indices,
@@ -116,3 +117,17 @@ def test_fixed_accuracy_is_interpolated_between_the_fixed_rows():
     assert fixed_accuracy_at(rows, 3.0) == pytest.approx(0.6)
     assert fixed_accuracy_at(rows, 4.0) == pytest.approx(0.7)
     assert math.isnan(fixed_accuracy_at(rows, 1.5)) and math.isnan(fixed_accuracy_at(rows[:1], 3.0))
+
+
+def test_the_table_lines_up_and_compares_karl_rows_only():
+    rows = [DownstreamRow("karl", "karl eps=0.05", 0.05, None, 3.0, 0.9, 0.01, []),
+            DownstreamRow("fixed", "fixed-2", None, 2, 2.0, 0.5, 0.0, []),
+            DownstreamRow("fixed", "fixed-4", None, 4, 4.0, 0.7, 0.0, []),
+            DownstreamRow("pixels", "pixels (64 patches)", None, None, 64.0, 0.8, 0.0, [])]
+    lines = format_table(rows, EvalSet("shapes", torch.zeros(8, 3, 2, 2)), ["a", "b"], ProbeSettings()).splitlines()
+    assert lines[0].startswith("data shapes: 8 images, 2 classes, probe trained on 6 and scored on 2")
+    header, body = lines[2], lines[3:7]
+    end = header.index("mean tokens") + len("mean tokens")
+    assert [line[end - 5:end] for line in body] == [" 3.00", " 2.00", " 4.00", "64.00"]  # one column
+    assert [line.split()[-1] for line in body] == ["0.600", "0.000", "0.000", "0.000"]  # interpolated: karl only
+    assert all(line == line.rstrip() for line in lines)

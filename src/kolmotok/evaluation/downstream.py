@@ -182,13 +182,14 @@ def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
 
 def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings) -> str:
     train, test = split_indices(len(data.images), settings.test_share)
+    width = max(len("setting"), *(len(r.setting) for r in rows))
     lines = [f"data {data.name}: {len(data.images)} images, {len(names)} classes, probe trained on "
              f"{len(train)} and scored on {len(test)}; {settings.seeds} probe seeds, "
              f"{settings.steps} steps each",
-             "", f"{'setting':<16} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
+             "", f"{'setting':<{width}} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
     for r in rows:
-        same = f"{fixed_accuracy_at(rows, r.mean_tokens):21.3f}" if r.kind == "karl" else ""
-        lines.append(f"{r.setting:<16} {r.mean_tokens:11.2f} {r.accuracy:9.3f} {r.accuracy_std:7.3f} {same}")
+        same = f" {fixed_accuracy_at(rows, r.mean_tokens):21.3f}" if r.kind == "karl" else ""
+        lines.append(f"{r.setting:<{width}} {r.mean_tokens:11.2f} {r.accuracy:9.3f} {r.accuracy_std:7.3f}{same}")
     lines.append("")
     lines.append("mean tokens: over the scored images; fixed at same tokens: the fixed-length rows' accuracy "
                  "interpolated at that mean (nan outside their lengths); pixels: the same probe on the images' "
