@@ -1,7 +1,7 @@
 """Downstream probe: what each setting's token counts cost a classifier reading the tokens.
 
     python benchmarks/downstream.py [--data shapes] [--num-images 2048] [--ckpt DIR]
-        [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,32] [--out FILE.json]
+        [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,T_max] [--out FILE.json]
 
 For KARL at each eps and for the same model in fixed-length mode at each length, the images
 are encoded once and a small transformer probe (kolmotok.evaluation.downstream) is trained on
@@ -21,39 +21,47 @@ from pathlib import Path
 import torch
 
 import kolmotok
-from kolmotok.cli import report_errors
+from kolmotok.cli import at_least, comma_numbers, report_errors
 from kolmotok.data import eval_set
 from kolmotok.evaluation.downstream import ProbeSettings, class_labels, downstream_table, format_table
 from kolmotok.io import write_json
 
+DEFAULT_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # and T_max
 
-def numbers(kind):
-    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+def whole(flag: str, values: list[float]) -> list[int]:
+    if any(v != int(v) for v in values):
+        raise ValueError(f"{flag}: token counts are whole numbers, got {values}")
+    return [int(v) for v in values]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one)")
     ap.add_argument("--data", default="shapes", help="shapes, photos:SPLIT or folder:PATH (class subfolders)")
-    ap.add_argument("--num-images", type=int, default=2048)
-    ap.add_argument("--epsilons", type=numbers(float), default=[0.03, 0.05, 0.08, 0.12])
-    ap.add_argument("--lengths", type=numbers(int), default=[1, 2, 3, 4, 6, 8, 12, 16, 32])
-    ap.add_argument("--steps", type=int, default=ProbeSettings.steps, help="probe training steps")
-    ap.add_argument("--seeds", type=int, default=ProbeSettings.seeds, help="probes per setting")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--num-images", type=at_least("--num-images", 0), default=2048,
+                    help="images drawn (folders: a fixed random subset; 0 = all files)")
+    ap.add_argument("--epsilons", type=comma_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12])
+    ap.add_argument("--lengths", type=comma_numbers("--lengths"),
+                    help="fixed lengths to compare with (default 1,2,3,4,6,8,12,16 below T_max, and T_max)")
+    ap.add_argument("--steps", type=at_least("--steps", 1), default=ProbeSettings.steps, help="probe training steps")
+    ap.add_argument("--seeds", type=at_least("--seeds", 1), default=ProbeSettings.seeds, help="probes per setting")
+    ap.add_argument("--threads", type=at_least("--threads", 1), default=None)
     ap.add_argument("--out", help="also write the rows as JSON to this file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = kolmotok.load(args.ckpt, device="cpu")
+    lengths = (whole("--lengths", args.lengths) if args.lengths
+               else [n for n in DEFAULT_LENGTHS if n < tok.max_tokens] + [tok.max_tokens])
     for eps in args.epsilons:
         tok.check_options(eps, None)
-    for n in args.lengths:
-        tok.check_options(0.0, n)
+    if bad := [n for n in lengths if not 1 <= n <= tok.max_tokens]:
+        raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
     settings = ProbeSettings(steps=args.steps, seeds=args.seeds)
     data = eval_set(args.data, tok.image_size, args.num_images)
     names = class_labels(data)[1]
-    rows = downstream_table(tok, data, args.epsilons, args.lengths, settings)
+    rows = downstream_table(tok, data, args.epsilons, lengths, settings)
     print(" ".join(["# python benchmarks/downstream.py", *sys.argv[1:]]))
     print(format_table(rows, data, names, settings))
     if args.out:

@@ -266,9 +266,9 @@ def test_codes_come_in_json_lines_only(tmp_path, capsys):
 
 
 def test_repeated_numbers_are_taken_once():
-    from kolmotok.cli import _numbers
+    from kolmotok.cli import comma_numbers
 
-    assert _numbers("--epsilons")("0.12,0.05,0.05,,0.12,0.050000001") == [0.12, 0.05]
+    assert comma_numbers("--epsilons")("0.12,0.05,0.05,,0.12,0.050000001") == [0.12, 0.05]
 
 
 def test_clear_errors(tmp_path, capsys):

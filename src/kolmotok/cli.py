@@ -29,7 +29,7 @@ NUM_IMAGES_HELP = ("images in the fixed, seeded eval set; a folder: all its file
                    "fixed random subset of this many (0 = all)")
 
 
-def _numbers(flag: str):
+def comma_numbers(flag: str):
     """argparse type: comma-separated finite, non-negative numbers, each once, in the order given
     (errors name ``flag``)."""
     def parse(text: str) -> list[float]:
@@ -47,7 +47,7 @@ def _numbers(flag: str):
     return parse
 
 
-def _at_least(flag: str, minimum: int):
+def at_least(flag: str, minimum: int):
     """argparse type: an integer >= ``minimum`` (errors name ``flag``)."""
     def parse(text: str) -> int:
         try:
@@ -506,17 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a baseline such as tiny-prefix; with --resume the run's own config is used")
     t.add_argument("--data", help="data spec: photos, shapes, folder:PATH, or A@w+B@v (default: the preset's)")
     t.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
-    t.add_argument("--steps", type=_at_least("--steps", 1))
-    t.add_argument("--batch-size", type=_at_least("--batch-size", 1))
+    t.add_argument("--steps", type=at_least("--steps", 1))
+    t.add_argument("--batch-size", type=at_least("--batch-size", 1))
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    t.add_argument("--threads", type=_at_least("--threads", 0), help="torch CPU threads")
-    t.add_argument("--data-workers", type=_at_least("--data-workers", 0), help="DataLoader worker processes")
+    t.add_argument("--threads", type=at_least("--threads", 0), help="torch CPU threads")
+    t.add_argument("--data-workers", type=at_least("--data-workers", 0), help="DataLoader worker processes")
     t.add_argument("--base-autoencoder", metavar="DIR",
                    help="local diffusers AutoencoderKL/VQModel directory whose latents to tokenize (-vae presets)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (GPU); default fp32")
     t.add_argument("--compile", action="store_true", help="torch.compile the transformers")
-    t.add_argument("--grad-accum", type=_at_least("--grad-accum", 1), help="micro-batches per optimizer step")
+    t.add_argument("--grad-accum", type=at_least("--grad-accum", 1), help="micro-batches per optimizer step")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's weights (same model config); "
                    "'shipped' or 'shipped:NAME' for a checkpoint shipped with the package")
@@ -533,9 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_ckpt(f)
     f.add_argument("--out", required=True, help="directory for the new checkpoint")
     f.add_argument("--data", help="training data spec (default photos@3+shapes; never calib or test photos)")
-    f.add_argument("--images", type=_at_least("--images", 1),
+    f.add_argument("--images", type=at_least("--images", 1),
                    help="training images whose error curves are measured (default 3072)")
-    f.add_argument("--steps", type=_at_least("--steps", 1), help="optimizer steps (default 3000)")
+    f.add_argument("--steps", type=at_least("--steps", 1), help="optimizer steps (default 3000)")
     f.add_argument("--seed", type=int, help="default 0")
     f.add_argument("--hidden", type=int, help="width of the halting MLP added to a model without one (default 64)")
     f.add_argument("--no-progress", action="store_true")
@@ -544,9 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="tokens, error and quality per eps on an evaluation set")
     add_ckpt(e)
     e.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
-    e.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12],
+    e.add_argument("--epsilons", type=comma_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12],
                    help="comma-separated target errors, one table row each")
-    e.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
+    e.add_argument("--num-images", type=at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     e.add_argument("--guarantee", type=float,
                    help=GUARANTEE_HELP + "; also tests whether the promise holds on these images (monitoring)")
     e.add_argument("--by-source", action="store_true",
@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     n.add_argument("--verify", action="store_true",
                    help="one more decoder pass checks each image; misses are re-encoded at a tighter condition")
-    n.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=64, help="images per encoder pass")
+    n.add_argument("--batch-size", type=at_least("--batch-size", 1), default=64, help="images per encoder pass")
     n.add_argument("--json", action="store_true", help="one JSON line per image")
     n.add_argument("--codes", action="store_true",
                    help="include the token codes, the checkpoint and the working directory in the JSON (for "
@@ -585,11 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="split-conformal calibration: a guaranteed share of images meets eps")
     add_ckpt(c)
     c.add_argument("--data", default="photos:calib", help="held-out images, disjoint from training and test")
-    c.add_argument("--alpha", type=_numbers("--alpha"), default=[0.1],
+    c.add_argument("--alpha", type=comma_numbers("--alpha"), default=[0.1],
                    help="allowed miss rate(s), comma-separated (guarantee = 1 - alpha)")
-    c.add_argument("--num-images", type=_at_least("--num-images", 0), default=512, help=NUM_IMAGES_HELP)
+    c.add_argument("--num-images", type=at_least("--num-images", 0), default=512, help=NUM_IMAGES_HELP)
     c.add_argument("--no-progress", action="store_true")
-    c.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12],
+    c.add_argument("--epsilons", type=comma_numbers("--epsilons"), default=[0.02, 0.03, 0.05, 0.08, 0.12],
                    help="eps values to print (the stored calibration covers about 0.01..0.3)")
     c.add_argument("--out", help="directory for calibration.json (default: the checkpoint's own directory)")
     c.set_defaults(func=cmd_calibrate)
@@ -597,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="every method on the same images: tokens, quality, passes, time, FLOPs")
     add_ckpt(b)
     b.add_argument("--data", default="photos:test", help="photos:test, shapes, folder:PATH, ...")
-    b.add_argument("--epsilons", type=_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12],
+    b.add_argument("--epsilons", type=comma_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12],
                    help="comma-separated target errors")
     b.add_argument("--methods", type=_names("--methods"),
                    help="comma-separated; default: karl, karl@0.9, oracle, prefix, recurrent, fixed (every "
@@ -605,10 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "karl@G+verify (calibrated guarantee G, checked), fixedN, png, jpeg, webp")
     b.add_argument("--baselines", default="runs/baselines",
                    help="directory of baseline runs prefix/, recurrent/, fixedN/ (benchmarks/train_baselines.sh)")
-    b.add_argument("--num-images", type=_at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
+    b.add_argument("--num-images", type=at_least("--num-images", 0), default=256, help=NUM_IMAGES_HELP)
     b.add_argument("--timing-rounds", type=int, default=3,
                    help="time every method this many times, in interleaved rounds, and report the median")
-    b.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256,
+    b.add_argument("--batch-size", type=at_least("--batch-size", 1), default=256,
                    help="images per call of each method: 1 measures per-image latency, larger ones throughput")
     b.add_argument("--quick", action="store_true",
                    help="at most 16 images (fewer with --num-images), no FLOP counting, one timing round (for tests)")
@@ -621,8 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--epsilon", type=float, default=0.05, help="target error: mean absolute pixel error on [0, 1]")
     k.add_argument("--guarantee", type=float, help=GUARANTEE_HELP)
     k.add_argument("--out", required=True, help="output directory for shard-NNNNN.parquet files")
-    k.add_argument("--shard-size", type=_at_least("--shard-size", 1), default=1000, help="images per shard")
-    k.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256, help="images per encoder pass")
+    k.add_argument("--shard-size", type=at_least("--shard-size", 1), default=1000, help="images per shard")
+    k.add_argument("--batch-size", type=at_least("--batch-size", 1), default=256, help="images per encoder pass")
     k.add_argument("--with-error", action="store_true", help="add the achieved l1 (one extra decoder pass)")
     k.add_argument("--verify", action="store_true",
                    help="one more decoder pass checks each image; misses are re-encoded at a tighter condition "
@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "('-': JSON lines from standard input)")
     o.add_argument("--out", required=True, help="directory for the PNGs, mirroring the images' folders "
                    "(STEM.recon.png, as encode --out)")
-    o.add_argument("--batch-size", type=_at_least("--batch-size", 1), default=256, help="images per decoder pass")
+    o.add_argument("--batch-size", type=at_least("--batch-size", 1), default=256, help="images per decoder pass")
     o.add_argument("--no-progress", action="store_true")
     o.set_defaults(func=cmd_decode)
 
