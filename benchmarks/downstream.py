@@ -1,14 +1,15 @@
 """Downstream probe: what each setting's token counts cost a classifier reading the tokens.
 
-    python benchmarks/downstream.py [--data shapes] [--num-images 2048] [--ckpt DIR]
+    python benchmarks/downstream.py [--data shapes] [--label auto|scale] [--num-images 2048] [--ckpt DIR]
         [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,T_max] [--out FILE.json]
 
 For KARL at each eps and for the same model in fixed-length mode at each length, the images
 are encoded once and a small transformer probe (kolmotok.evaluation.downstream) is trained on
 three quarters of them to predict each image's label and scored on the rest, with three probe
 seeds. Labels: the complexity class of ``shapes``, the photograph of ``photos:SPLIT`` crops,
-the subfolder of ``folder:PATH`` images. The last column sets each KARL row beside the
-fixed-length accuracy interpolated at the same mean tokens.
+the subfolder of ``folder:PATH`` images; ``--label scale``: the scale a photo crop was cut
+at. The last column sets each KARL row beside the fixed-length accuracy interpolated at the
+same mean tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import kolmotok
 from kolmotok.cli import at_least, comma_numbers, report_errors
 from kolmotok.data import eval_set
-from kolmotok.evaluation.downstream import ProbeSettings, class_labels, downstream_table, format_table
+from kolmotok.evaluation.downstream import LABELS, ProbeSettings, class_labels, downstream_table, format_table
 from kolmotok.io import write_json
 
 DEFAULT_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # and T_max
@@ -39,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one)")
     ap.add_argument("--data", default="shapes", help="shapes, photos:SPLIT or folder:PATH (class subfolders)")
+    ap.add_argument("--label", choices=LABELS, default="auto",
+                    help="auto: the data's own labels; scale: the scale each photos:SPLIT crop was cut at")
     ap.add_argument("--num-images", type=at_least("--num-images", 0), default=2048,
                     help="images drawn (folders: a fixed random subset; 0 = all files)")
     ap.add_argument("--epsilons", type=comma_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12])
@@ -60,13 +63,13 @@ def main() -> None:
         raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
     settings = ProbeSettings(steps=args.steps, seeds=args.seeds)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    names = class_labels(data)[1]
-    rows = downstream_table(tok, data, args.epsilons, lengths, settings)
+    names = class_labels(data, args.label)[1]
+    rows = downstream_table(tok, data, args.epsilons, lengths, settings, label=args.label)
     print(" ".join(["# python benchmarks/downstream.py", *sys.argv[1:]]))
-    print(format_table(rows, data, names, settings))
+    print(format_table(rows, data, names, settings, args.label))
     if args.out:
-        write_json(args.out, {"data": data.name, "classes": names, "settings": dataclasses.asdict(settings),
-                              "rows": [dataclasses.asdict(r) for r in rows]})
+        write_json(args.out, {"data": data.name, "label": args.label, "classes": names,
+                              "settings": dataclasses.asdict(settings), "rows": [dataclasses.asdict(r) for r in rows]})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from kolmotok.data.images import (
     resize_center_crop,
     resized_dims,
 )
-from kolmotok.data.photos import SPLITS
+from kolmotok.data.photos import CROP_FACTORS, SPLITS
 from kolmotok.data.shapes import NOISE_COMPLEXITY, draw
 
 
@@ -32,8 +32,9 @@ def test_training_photos_are_only_the_train_split():
     from kolmotok.data.photos import load_photos
 
     src = make_source("photos", 32)
-    crops, sources = src.sample_with_sources(200, torch.Generator().manual_seed(0))
+    crops, sources, scales = src.sample_with_sources(200, torch.Generator().manual_seed(0))
     assert set(sources) <= set(SPLITS["train"]) and len(set(sources)) >= 10
+    assert set(scales) == set(CROP_FACTORS)
     assert torch.equal(crops, make_source("photos", 32).sample(200, torch.Generator().manual_seed(0)))
     photos = dict(zip(SPLITS["train"], load_photos("train")))
     for crop, name in zip(crops[:20], sources[:20]):  # a crop's colours lie within its photograph's range

@@ -39,6 +39,13 @@ def test_class_labels_come_from_the_data():
         class_labels(EvalSet("folder:/d", images[:2], names=["/d/cat/a.png", "/d/cat/b.png"]))
     with pytest.raises(ValueError, match="photos:x: no labels"):
         class_labels(EvalSet("photos:x", images))
+    crops = EvalSet("photos:test", images, names=["a.png"] * 5, scales=[4.0, 1.0, 1.5, 1.0, 2.0])
+    labels, names = class_labels(crops, "scale")
+    assert names == ["1", "1.5", "2", "4"] and labels.tolist() == [3, 0, 1, 0, 2]
+    with pytest.raises(ValueError, match="shapes: no crop scales"):
+        class_labels(EvalSet("shapes", images, labels=torch.arange(5)), "scale")
+    with pytest.raises(ValueError, match="unknown label 'size'"):
+        class_labels(crops, "size")
 
 
 def test_split_is_disjoint_seeded_and_refuses_what_cannot_be_split():

@@ -194,6 +194,7 @@ class EvalSet:
     images: torch.Tensor  # (N, 3, S, S)
     labels: torch.Tensor | None = None  # ground-truth complexity (shapes only)
     names: list[str] | None = None  # where each image came from: its file (folders), its photograph (photos)
+    scales: list[float] | None = None  # photos: each crop's side over the image size (CROP_FACTORS)
 
     @property
     def sources(self) -> list[str] | None:
@@ -238,6 +239,6 @@ def eval_set(spec: str, image_size: int, num_images: int = 256, seed: int = 1234
         return EvalSet(f"folder:{root}", loaded.images, names=[str(p) for p in loaded.paths])
     source = make_source(spec, image_size)
     if isinstance(source, PhotoCrops):
-        images, photos = source.sample_with_sources(num_images, g)
-        return EvalSet(spec, images, names=photos)
+        images, photos, scales = source.sample_with_sources(num_images, g)
+        return EvalSet(spec, images, names=photos, scales=scales)
     return EvalSet(spec, source.sample(num_images, g))

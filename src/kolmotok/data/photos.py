@@ -64,17 +64,20 @@ class PhotoCrops:
         """(n, 3, S, S) crops, fully determined by ``generator``."""
         return self.sample_with_sources(n, generator)[0]
 
-    def sample_with_sources(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-        """:meth:`sample`, plus the file name of the photograph each crop was cut from."""
+    def sample_with_sources(self, n: int, generator: torch.Generator
+                            ) -> tuple[torch.Tensor, list[str], list[float]]:
+        """:meth:`sample`, plus the file name of the photograph each crop was cut from and its
+        scale (the ``CROP_FACTORS`` entry drawn: crop side / image size, before the cap)."""
         R = self.image_size
         out = torch.empty(n, 3, R, R)
-        sources = []
+        sources, scales = [], []
         for i in range(n):
             index = int(torch.randint(len(self.photos), (1,), generator=generator))
             sources.append(SPLITS[self.split][index])
             photo = self.photos[index]
             _, H, W = photo.shape
             factor = CROP_FACTORS[int(torch.randint(len(CROP_FACTORS), (1,), generator=generator))]
+            scales.append(factor)
             side = max(1, min(H, W, round(R * factor)))
             top = int(torch.randint(H - side + 1, (1,), generator=generator))
             left = int(torch.randint(W - side + 1, (1,), generator=generator))
@@ -84,4 +87,4 @@ class PhotoCrops:
             if bool(torch.rand((), generator=generator) < 0.5):
                 crop = crop.flip(-1)
             out[i] = crop[0].clamp(0.0, 1.0)
-        return out, sources
+        return out, sources, scales

@@ -11,7 +11,9 @@ probe and data at all.
 
 Labels come with the data: the ground-truth complexity class of ``shapes`` (flat, gradient,
 1..8 primitives, noise), the source photograph of ``photos:SPLIT`` crops, the subfolder of a
-``folder:PATH`` image (class folders, as ImageFolder lays them out).
+``folder:PATH`` image (class folders, as ImageFolder lays them out). ``label="scale"`` asks
+instead at what scale a ``photos:SPLIT`` crop was cut (crop side / image size, 1 to 4): a
+task that needs fine detail, since the scale shows in how dense the texture is.
 """
 
 from __future__ import annotations
@@ -51,20 +53,38 @@ class DownstreamRow:
     accuracies: list[float]
 
 
-def class_labels(data: EvalSet) -> tuple[torch.Tensor, list[str]]:
-    """(N,) class indices and the class names: the shapes complexity, else each image's source."""
-    if data.labels is not None:
+LABELS = ("auto", "scale")
+
+
+def class_labels(data: EvalSet, label: str = "auto") -> tuple[torch.Tensor, list[str]]:
+    """(N,) class indices and the class names. ``auto``: the shapes complexity, else each
+    image's source; ``scale``: each photo crop's scale."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; known: {', '.join(LABELS)}")
+    if label == "scale":
+        if data.scales is None:
+            raise ValueError(f"{data.name}: no crop scales to probe (label 'scale' is for photos:SPLIT)")
+        raw = [f"{v:g}" for v in data.scales]
+    elif data.labels is not None:
         raw = [str(int(v)) for v in data.labels]
     elif data.sources is not None:
         raw = data.sources
     else:
         raise ValueError(f"{data.name}: no labels to probe (use shapes, photos:SPLIT or a folder of class folders)")
-    names = sorted(set(raw), key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))  # 2 before 10
+    names = sorted(set(raw), key=_class_order)
     if len(names) < 2:
         raise ValueError(f"{data.name}: every image has the same label {names[0]!r}; a probe needs two classes "
                          "at least (a folder's classes are its subfolders)")
     index = {n: i for i, n in enumerate(names)}
     return torch.tensor([index[s] for s in raw]), names
+
+
+def _class_order(name: str) -> tuple:
+    """Numbers in numeric order (2 before 10, 1.5 before 2), then names in text order."""
+    try:
+        return (0, float(name), "")
+    except ValueError:
+        return (1, 0.0, name)
 
 
 def split_indices(n: int, test_share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,11 +163,12 @@ def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, tes
 
 
 def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengths: list[int],
-                     settings: ProbeSettings | None = None, progress: bool = True) -> list[DownstreamRow]:
+                     settings: ProbeSettings | None = None, progress: bool = True,
+                     label: str = "auto") -> list[DownstreamRow]:
     """One row per setting: KARL at each eps (single pass), then each fixed length; the same
     images, split and probe seeds for all."""
     settings = settings or ProbeSettings()
-    labels, names = class_labels(data)
+    labels, names = class_labels(data, label)
     train, test = split_indices(len(labels), settings.test_share)
     codebook_size = tok.model.quantizer.codebook_size if tok.discrete else 0
     patch = tok.model.cfg.patch_size
@@ -180,10 +201,12 @@ def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
     return float(np.interp(tokens, [n for n, _ in fixed], [a for _, a in fixed]))
 
 
-def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings) -> str:
+def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings,
+                 label: str = "auto") -> str:
     train, test = split_indices(len(data.images), settings.test_share)
     width = max(len("setting"), *(len(r.setting) for r in rows))
-    lines = [f"data {data.name}: {len(data.images)} images, {len(names)} classes, probe trained on "
+    classes = f"{len(names)} classes" + ("" if label == "auto" else f" ({label}: {', '.join(names)})")
+    lines = [f"data {data.name}: {len(data.images)} images, {classes}, probe trained on "
              f"{len(train)} and scored on {len(test)}; {settings.seeds} probe seeds, "
              f"{settings.steps} steps each",
              "", f"{'setting':<{width}} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
