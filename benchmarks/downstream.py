@@ -1,6 +1,6 @@
 """Downstream probe: what each setting's token counts cost a classifier reading the tokens.
 
-    python benchmarks/downstream.py [--data shapes] [--label auto|scale] [--num-images 2048] [--ckpt DIR]
+    python benchmarks/downstream.py [--data shapes] [--label auto|scale] [--per-class] [--num-images 2048] [--ckpt DIR]
         [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,T_max] [--out FILE.json]
 
 For KARL at each eps and for the same model in fixed-length mode at each length, the images
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--data", default="shapes", help="shapes, photos:SPLIT or folder:PATH (class subfolders)")
     ap.add_argument("--label", choices=LABELS, default="auto",
                     help="auto: the data's own labels; scale: the scale each photos:SPLIT crop was cut at")
+    ap.add_argument("--per-class", action="store_true",
+                    help="also print KARL's mean tokens per class, and the share kept to at most 2 tokens")
     ap.add_argument("--num-images", type=at_least("--num-images", 0), default=2048,
                     help="images drawn (folders: a fixed random subset; 0 = all files)")
     ap.add_argument("--epsilons", type=comma_numbers("--epsilons"), default=[0.03, 0.05, 0.08, 0.12])
@@ -66,7 +68,7 @@ def main() -> None:
     names = class_labels(data, args.label)[1]
     rows = downstream_table(tok, data, args.epsilons, lengths, settings, label=args.label)
     print(" ".join(["# python benchmarks/downstream.py", *sys.argv[1:]]))
-    print(format_table(rows, data, names, settings, args.label))
+    print(format_table(rows, data, names, settings, args.label, args.per_class))
     if args.out:
         write_json(args.out, {"data": data.name, "label": args.label, "classes": names,
                               "settings": dataclasses.asdict(settings), "rows": [dataclasses.asdict(r) for r in rows]})

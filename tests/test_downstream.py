@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +104,14 @@ def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model)
     assert [r.length for r in rows] == [None, None, 1, tok.max_tokens, None] and rows[0].epsilon == 0.1
     assert rows[2].mean_tokens == 1.0 and rows[3].mean_tokens == tok.max_tokens and rows[4].mean_tokens == patches
     assert 1.0 <= rows[0].mean_tokens <= tok.max_tokens
+    labels = (torch.arange(24) % 3).tolist()
+    for r in rows:  # per class, over all 24 images
+        lengths = [encode_all(tok, data.images[i:i + 1], r.epsilon or 0.0, r.length).lengths.item()
+                   if r.kind != "pixels" else r.mean_tokens for i in range(24)]
+        assert r.class_tokens == pytest.approx([np.mean([n for n, c in zip(lengths, labels) if c == k])
+                                                for k in range(3)])
+        assert r.class_short == pytest.approx([np.mean([n <= 2 for n, c in zip(lengths, labels) if c == k])
+                                               for k in range(3)])
     chunked, whole = encode_all(tok, data.images, 0.1, None, batch=5), tok.encode(data.images, epsilon=0.1)
     assert torch.equal(chunked.lengths, whole.lengths) and torch.allclose(chunked.tokens, whole.tokens, atol=1e-5)
     for r in rows:
@@ -138,3 +147,9 @@ def test_the_table_lines_up_and_compares_karl_rows_only():
     assert [line[end - 5:end] for line in body] == [" 3.00", " 2.00", " 4.00", "64.00"]  # one column
     assert [line.split()[-1] for line in body] == ["0.600", "0.000", "0.000", "0.000"]  # interpolated: karl only
     assert all(line == line.rstrip() for line in lines)
+    rows[0].class_tokens, rows[0].class_short = [1.5, 12.0], [1.0, 0.25]
+    block = format_table(rows, EvalSet("shapes", torch.zeros(8, 3, 2, 2)), ["a", "b"], ProbeSettings(),
+                         per_class=True).splitlines()[-3:]
+    assert block[0] == "KARL per class, all images: mean tokens / share kept to at most 2 tokens"
+    assert block[1].split() == ["setting", "a", "b"] and block[2].split() == ["karl", "eps=0.05", "1.50", "/",
+                                                                              "100%", "12.00", "/", "25%"]

@@ -51,6 +51,12 @@ class DownstreamRow:
     accuracy: float  # mean over probe seeds
     accuracy_std: float
     accuracies: list[float]
+    # per class, over all images: mean tokens kept, and the share kept to at most SHORT tokens
+    class_tokens: list[float] | None = None
+    class_short: list[float] | None = None
+
+
+SHORT = 2  # "starved": what the per-class block counts
 
 
 LABELS = ("auto", "scale")
@@ -187,8 +193,11 @@ def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengt
         for seed in range(settings.seeds):
             accs.append(probe_accuracy(enc, labels, train, test, len(names), settings, seed, codes))
             bar.update()
+        per_class = [enc.lengths[labels == c].float() for c in range(len(names))]
         rows.append(DownstreamRow(kind, setting, eps, length, float(enc.lengths[test].float().mean()),
-                                  float(np.mean(accs)), float(np.std(accs)), accs))
+                                  float(np.mean(accs)), float(np.std(accs)), accs,
+                                  [float(n.mean()) for n in per_class],
+                                  [float((n <= SHORT).float().mean()) for n in per_class]))
     bar.close()
     return rows
 
@@ -202,7 +211,7 @@ def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
 
 
 def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings,
-                 label: str = "auto") -> str:
+                 label: str = "auto", per_class: bool = False) -> str:
     train, test = split_indices(len(data.images), settings.test_share)
     width = max(len("setting"), *(len(r.setting) for r in rows))
     classes = f"{len(names)} classes" + ("" if label == "auto" else f" ({label}: {', '.join(names)})")
@@ -217,4 +226,11 @@ def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], set
     lines.append("mean tokens: over the scored images; fixed at same tokens: the fixed-length rows' accuracy "
                  "interpolated at that mean (nan outside their lengths); pixels: the same probe on the images' "
                  "own patches")
+    if per_class:
+        lines += ["", f"KARL per class, all images: mean tokens / share kept to at most {SHORT} tokens",
+                  f"{'setting':<{width}} " + " ".join(f"{n[:14]:>14}" for n in names)]
+        for r in rows:
+            if r.kind == "karl" and r.class_tokens is not None:
+                lines.append(f"{r.setting:<{width}} " + " ".join(
+                    f"{t:7.2f} / {100 * m:3.0f}%" for t, m in zip(r.class_tokens, r.class_short)))
     return "\n".join(lines)
