@@ -24,7 +24,7 @@ import torch
 import kolmotok
 from kolmotok.cli import at_least, comma_numbers, report_errors
 from kolmotok.data import eval_set
-from kolmotok.evaluation.downstream import LABELS, ProbeSettings, class_labels, downstream_table, format_table
+from kolmotok.evaluation.downstream import LABELS, ProbeSettings, downstream_table, format_table
 from kolmotok.io import write_json
 
 DEFAULT_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # and T_max
@@ -65,13 +65,11 @@ def main() -> None:
         raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
     settings = ProbeSettings(steps=args.steps, seeds=args.seeds)
     data = eval_set(args.data, tok.image_size, args.num_images)
-    names = class_labels(data, args.label)[1]
-    rows = downstream_table(tok, data, args.epsilons, lengths, settings, label=args.label)
+    report = downstream_table(tok, data, args.epsilons, lengths, settings, label=args.label)
     print(" ".join(["# python benchmarks/downstream.py", *sys.argv[1:]]))
-    print(format_table(rows, data, names, settings, args.label, args.per_class))
+    print(format_table(report, args.per_class))
     if args.out:
-        write_json(args.out, {"data": data.name, "label": args.label, "classes": names,
-                              "settings": dataclasses.asdict(settings), "rows": [dataclasses.asdict(r) for r in rows]})
+        write_json(args.out, dataclasses.asdict(report))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from conftest import smooth_images
 from kolmotok.api import Encoding, Tokenizer
 from kolmotok.data import EvalSet
 from kolmotok.evaluation.downstream import (
+    DownstreamReport,
     DownstreamRow,
     ProbeSettings,
     TokenProbe,
@@ -96,7 +97,9 @@ def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model)
     tok = Tokenizer(halting_model)
     data = EvalSet("shapes", smooth_images(24, 3), labels=torch.arange(24) % 3)
     settings = ProbeSettings(steps=3, seeds=2, test_share=0.25)
-    rows = downstream_table(tok, data, [0.1, 0.3], [1, tok.max_tokens], settings, progress=False)
+    report = downstream_table(tok, data, [0.1, 0.3], [1, tok.max_tokens], settings, progress=False)
+    rows = report.rows
+    assert (report.num_images, report.num_train, report.num_test, report.classes) == (24, 18, 6, ["0", "1", "2"])
     patches = (tok.image_size // halting_model.cfg.patch_size) ** 2
     assert [r.setting for r in rows] == ["karl eps=0.1", "karl eps=0.3", "fixed-1", f"fixed-{tok.max_tokens}",
                                          f"pixels ({patches} patches)"]
@@ -140,7 +143,8 @@ def test_the_table_lines_up_and_compares_karl_rows_only():
             DownstreamRow("fixed", "fixed-2", None, 2, 2.0, 0.5, 0.0, []),
             DownstreamRow("fixed", "fixed-4", None, 4, 4.0, 0.7, 0.0, []),
             DownstreamRow("pixels", "pixels (64 patches)", None, None, 64.0, 0.8, 0.0, [])]
-    lines = format_table(rows, EvalSet("shapes", torch.zeros(8, 3, 2, 2)), ["a", "b"], ProbeSettings()).splitlines()
+    report = DownstreamReport("shapes", 8, "auto", ["a", "b"], 6, 2, ProbeSettings(), rows)
+    lines = format_table(report).splitlines()
     assert lines[0].startswith("data shapes: 8 images, 2 classes, probe trained on 6 and scored on 2")
     header, body = lines[2], lines[3:7]
     end = header.index("mean tokens") + len("mean tokens")
@@ -148,8 +152,7 @@ def test_the_table_lines_up_and_compares_karl_rows_only():
     assert [line.split()[-1] for line in body] == ["0.600", "0.000", "0.000", "0.000"]  # interpolated: karl only
     assert all(line == line.rstrip() for line in lines)
     rows[0].class_tokens, rows[0].class_short = [1.5, 12.0], [1.0, 0.25]
-    block = format_table(rows, EvalSet("shapes", torch.zeros(8, 3, 2, 2)), ["a", "b"], ProbeSettings(),
-                         per_class=True).splitlines()[-3:]
+    block = format_table(report, per_class=True).splitlines()[-3:]
     assert block[0] == "KARL per class, all images: mean tokens / share kept to at most 2 tokens"
     assert block[1].split() == ["setting", "a", "b"] and block[2].split() == ["karl", "eps=0.05", "1.50", "/",
                                                                               "100%", "12.00", "/", "25%"]

@@ -237,13 +237,13 @@ def tokenize_folder(tok: Tokenizer, root: str | Path, out: str | Path, epsilon: 
     check_options(tok, epsilon, guarantee, shard_size, batch_size)  # the manifest and shards create out
     # the checkpoint as loaded (a run directory as the step it resolved to), not as typed: a resume
     # after the run trained on, or naming the same weights another way, is judged by the weights
-    record = checkpoint_record(tok.path) or checkpoint  # (a tokenizer built in memory: the name given)
-    settings = {"epsilon": epsilon, "checkpoint": record, "guarantee": guarantee, "with_error": with_error,
-                "verify": verify}
+    loaded = checkpoint_record(tok.path)
+    settings = {"epsilon": epsilon, "checkpoint": loaded or checkpoint,  # (built in memory: the name given)
+                "guarantee": guarantee, "with_error": with_error, "verify": verify}
     shards = plan(root, out, shard_size, settings, rank == 0, barrier)
     from . import __version__
 
-    metadata = {**settings, "checkpoint_given": checkpoint, RECORD: checkpoint_record(tok.path),
+    metadata = {**settings, "checkpoint_given": checkpoint, RECORD: loaded,
                 "root": str(root.resolve()),
                 "kolmotok_version": __version__, **token_shape(tok)}
     mine = [i for i in range(len(shards.shards)) if i % world == rank]

@@ -59,6 +59,18 @@ class DownstreamRow:
 SHORT = 2  # "starved": what the per-class block counts
 
 
+@dataclass
+class DownstreamReport:
+    data: str
+    num_images: int
+    label: str  # "auto" or "scale" (class_labels)
+    classes: list[str]
+    num_train: int  # images the probes were trained on
+    num_test: int  # and scored on
+    settings: ProbeSettings
+    rows: list[DownstreamRow]
+
+
 LABELS = ("auto", "scale")
 
 
@@ -170,9 +182,9 @@ def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, tes
 
 def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengths: list[int],
                      settings: ProbeSettings | None = None, progress: bool = True,
-                     label: str = "auto") -> list[DownstreamRow]:
-    """One row per setting: KARL at each eps (single pass), then each fixed length; the same
-    images, split and probe seeds for all."""
+                     label: str = "auto") -> DownstreamReport:
+    """One row per setting: KARL at each eps (single pass), then each fixed length, then the
+    pixels; the same images, split and probe seeds for all."""
     settings = settings or ProbeSettings()
     labels, names = class_labels(data, label)
     train, test = split_indices(len(labels), settings.test_share)
@@ -199,7 +211,7 @@ def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengt
                                   [float(n.mean()) for n in per_class],
                                   [float((n <= SHORT).float().mean()) for n in per_class]))
     bar.close()
-    return rows
+    return DownstreamReport(data.name, len(labels), label, names, len(train), len(test), settings, rows)
 
 
 def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
@@ -210,13 +222,12 @@ def fixed_accuracy_at(rows: list[DownstreamRow], tokens: float) -> float:
     return float(np.interp(tokens, [n for n, _ in fixed], [a for _, a in fixed]))
 
 
-def format_table(rows: list[DownstreamRow], data: EvalSet, names: list[str], settings: ProbeSettings,
-                 label: str = "auto", per_class: bool = False) -> str:
-    train, test = split_indices(len(data.images), settings.test_share)
+def format_table(report: DownstreamReport, per_class: bool = False) -> str:
+    rows, names, settings = report.rows, report.classes, report.settings
     width = max(len("setting"), *(len(r.setting) for r in rows))
-    classes = f"{len(names)} classes" + ("" if label == "auto" else f" ({label}: {', '.join(names)})")
-    lines = [f"data {data.name}: {len(data.images)} images, {classes}, probe trained on "
-             f"{len(train)} and scored on {len(test)}; {settings.seeds} probe seeds, "
+    classes = f"{len(names)} classes" + ("" if report.label == "auto" else f" ({report.label}: {', '.join(names)})")
+    lines = [f"data {report.data}: {report.num_images} images, {classes}, probe trained on "
+             f"{report.num_train} and scored on {report.num_test}; {settings.seeds} probe seeds, "
              f"{settings.steps} steps each",
              "", f"{'setting':<{width}} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
     for r in rows:
