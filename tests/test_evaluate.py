@@ -109,19 +109,26 @@ def test_per_image_rows_add_up_to_the_table(halting_model, tmp_path):
                                         "/d/j\\xff.png"]  # one line per image, whatever its name
 
 
-def test_the_within_photograph_ceiling_keeps_each_groups_values_and_never_lowers_rho():
-    """benchmarks/complexity_rank.py's ``ceiling``: each group keeps its own values, reordered to
-    follow the key within the group; by the rearrangement inequality rho can only rise, and a
-    single group reaches 1."""
+def complexity_rank_script():
     import importlib.util
+    import sys
     from pathlib import Path
-
-    from kolmotok.evaluation.metrics import spearman
 
     path = Path(__file__).parents[1] / "benchmarks" / "complexity_rank.py"
     spec = importlib.util.spec_from_file_location("complexity_rank", path)
     script = importlib.util.module_from_spec(spec)
+    sys.modules["complexity_rank"] = script  # its dataclass looks its module up there
     spec.loader.exec_module(script)
+    return script
+
+
+def test_the_within_photograph_ceiling_keeps_each_groups_values_and_never_lowers_rho():
+    """benchmarks/complexity_rank.py's ``ceiling``: each group keeps its own values, reordered to
+    follow the key within the group; by the rearrangement inequality rho can only rise, and a
+    single group reaches 1."""
+    from kolmotok.evaluation.metrics import spearman
+
+    script = complexity_rank_script()
     rng = np.random.default_rng(0)
     groups = np.repeat(np.array(["a", "b", "c"]), 20)
     key = rng.random(60) + np.repeat([0.0, 2.0, 1.0], 20)
@@ -132,3 +139,28 @@ def test_the_within_photograph_ceiling_keeps_each_groups_values_and_never_lowers
         assert sorted(ceiled[sel]) == sorted(values[sel]) and spearman(ceiled[sel], key[sel]) > 0.99
     assert spearman(values, key) < spearman(ceiled, key) < 1.0  # group c's level is out of key order
     assert spearman(script.follow_within(values, key, np.zeros(60)), key) > 0.99  # ties keep it under 1
+
+
+def test_subset_rhos_score_every_k_photograph_test_set_on_its_own_crops():
+    """complexity_rank.py --subsets: one rho per k-subset of the photographs, computed on that
+    subset's crops alone; all-equal counts give 0, not nan. Photograph "d" is out of key order,
+    so the sets holding it rank worse than the set without it."""
+    from math import comb
+
+    from kolmotok.evaluation.metrics import spearman
+
+    script = complexity_rank_script()
+    rng = np.random.default_rng(1)
+    photos = np.repeat(np.array(["a", "b", "c", "d"]), 10)
+    key = np.repeat([1.0, 2.0, 3.0, 4.0], 10) + 0.1 * rng.random(40)
+    values = np.repeat([1.0, 2.0, 3.0, 0.5], 10)  # each photograph one count; d's is lowest, key highest
+    subsets, rho = script.subset_rhos(photos, key, values, 3)
+    assert len(subsets) == comb(4, 3) and subsets[0] == ("a", "b", "c")
+    for s, r in zip(subsets, rho):
+        sel = np.isin(photos, s)
+        assert r == pytest.approx(spearman(values[sel], key[sel]))
+    assert rho[0] > 0.9 and (rho[1:] < rho[0]).all()
+    _, flat = script.subset_rhos(photos, key, np.ones(40), 2)
+    assert (flat == 0).all()
+    with pytest.raises(ValueError, match="--subsets 5"):
+        script.subset_rhos(photos, key, values, 5)
