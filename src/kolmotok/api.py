@@ -76,6 +76,23 @@ class Encoding:
         model reads the padded ``tokens`` with (``src_key_padding_mask=~enc.mask`` in torch)."""
         return prefix_mask(self.lengths, self.budget)
 
+    def take(self, indices) -> Encoding:
+        """The images at ``indices`` (a long tensor or list), their tokens cut to the longest
+        kept among them: a downstream batch padded only as far as its own images need
+        (:func:`kolmotok.length_batches` groups images so that this is little). The result's
+        ``budget`` is that length; it decodes to the same images as the full encoding."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.lengths.device)
+        if idx.dim() != 1 or not len(idx):
+            raise ValueError(f"take(indices): a non-empty 1-D list of image indices, got shape {tuple(idx.shape)}")
+        if int(idx.min()) < -len(self.lengths) or int(idx.max()) >= len(self.lengths):
+            raise ValueError(f"take(indices): indices must be in 0..{len(self.lengths) - 1}")
+        lengths = self.lengths[idx]
+        width = int(lengths.max())
+        optional = {name: None if getattr(self, name) is None else getattr(self, name)[idx]
+                    for name in ("condition", "guaranteed", "reencoded")}
+        return replace(self, tokens=self.tokens[idx, :width], lengths=lengths, epsilon=self.epsilon[idx],
+                       budget=width, **optional)
+
 
 def as_index(value) -> int | None:
     """An integer int / numpy / torch scalar as an int; None for anything else (bools too)."""
