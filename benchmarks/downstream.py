@@ -1,7 +1,8 @@
 """Downstream probe: what each setting's token counts cost a classifier reading the tokens.
 
     python benchmarks/downstream.py [--data shapes] [--label auto|scale] [--per-class] [--num-images 2048] [--ckpt DIR]
-        [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,T_max] [--out FILE.json]
+        [--epsilons 0.03,0.05,0.08,0.12] [--lengths 1,2,3,4,6,8,12,16,T_max] [--batching random|length]
+        [--out FILE.json]
 
 For KARL at each eps and for the same model in fixed-length mode at each length, the images
 are encoded once and a small transformer probe (kolmotok.evaluation.downstream) is trained on
@@ -24,7 +25,7 @@ import torch
 import kolmotok
 from kolmotok.cli import at_least, comma_numbers, report_errors
 from kolmotok.data import eval_set
-from kolmotok.evaluation.downstream import LABELS, ProbeSettings, downstream_table, format_table
+from kolmotok.evaluation.downstream import BATCHINGS, LABELS, ProbeSettings, downstream_table, format_table
 from kolmotok.io import write_json
 
 DEFAULT_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # and T_max
@@ -51,6 +52,8 @@ def main() -> None:
                     help="fixed lengths to compare with (default 1,2,3,4,6,8,12,16 below T_max, and T_max)")
     ap.add_argument("--steps", type=at_least("--steps", 1), default=ProbeSettings.steps, help="probe training steps")
     ap.add_argument("--seeds", type=at_least("--seeds", 1), default=ProbeSettings.seeds, help="probes per setting")
+    ap.add_argument("--batching", choices=BATCHINGS, default="random",
+                    help="probe training batches: drawn at random, or grouped by length (kolmotok.length_batches)")
     ap.add_argument("--threads", type=at_least("--threads", 1), default=None)
     ap.add_argument("--out", help="also write the rows as JSON to this file")
     args = ap.parse_args()
@@ -63,7 +66,7 @@ def main() -> None:
         tok.check_options(eps, None)
     if bad := [n for n in lengths if not 1 <= n <= tok.max_tokens]:
         raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
-    settings = ProbeSettings(steps=args.steps, seeds=args.seeds)
+    settings = ProbeSettings(steps=args.steps, seeds=args.seeds, batching=args.batching)
     data = eval_set(args.data, tok.image_size, args.num_images)
     report = downstream_table(tok, data, args.epsilons, lengths, settings, label=args.label)
     print(" ".join(["# python benchmarks/downstream.py", *sys.argv[1:]]))

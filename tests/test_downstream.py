@@ -21,6 +21,7 @@ from kolmotok.evaluation.downstream import (
     format_table,
     pixel_patches,
     probe_accuracy,
+    probe_batches,
     split_indices,
 )
 
@@ -76,21 +77,37 @@ def test_the_probe_never_reads_padded_tokens():
         assert codes(torch.full((2, 8), -1).index_fill(1, torch.tensor([0]), 3), mask[:2]).shape == (2, 3)
 
 
-def test_a_probe_learns_what_the_kept_tokens_hold_and_not_what_padding_would():
+@pytest.mark.parametrize("batching", ["random", "length"])
+def test_a_probe_learns_what_the_kept_tokens_hold_and_not_what_padding_would(batching):
     """The label is written into one token (+3 or -3 in its first value): learnable when that
-    token is kept, chance when it sits past every image's length."""
+    token is kept, chance when it sits past every image's length (2 or 3 tokens), whether the
+    probe's batches are drawn at random or grouped by length and cut."""
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(2, (400,), generator=g)
     tokens = torch.randn(400, 4, 6, generator=g)
+    lengths = 2 + torch.randint(2, (400,), generator=g)
     train, test = split_indices(400, 0.25)
-    settings = ProbeSettings(steps=60, batch_size=64, width=32, layers=1, seeds=1)
+    settings = ProbeSettings(steps=60, batch_size=64, width=32, layers=1, seeds=1, batching=batching)
     accuracy = {}
-    for where in (1, 3):  # the 2nd token (kept) or the 4th (past the 2 kept)
+    for where in (1, 3):  # the 2nd token (kept) or the 4th (past the 2 or 3 kept)
         marked = tokens.clone()
         marked[:, where, 0] = 6.0 * labels - 3.0
-        accuracy[where] = probe_accuracy(encoding(marked, torch.full((400,), 2)), labels, train, test, 2,
-                                         settings, seed=0)
+        accuracy[where] = probe_accuracy(encoding(marked, lengths), labels, train, test, 2, settings, seed=0)
     assert accuracy[1] > 0.95 and accuracy[3] < 0.7
+
+
+def test_length_batching_runs_epochs_over_the_training_images_grouped_by_length():
+    lengths = torch.tensor([1, 9, 1, 9, 2, 9, 1, 2, 9, 1, 2, 2])
+    train = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 10])  # three images each of lengths 1, 2 and 9
+    settings = ProbeSettings(batch_size=3, batching="length")
+    stream = probe_batches(lengths[train], train, settings, seed=0)
+    epochs = [[next(stream) for _ in range(3)] for _ in range(2)]  # 9 training images: 3 batches an epoch
+    for epoch in epochs:
+        assert sorted(torch.cat(epoch).tolist()) == train.tolist()
+        assert sorted(lengths[b].unique().tolist() for b in epoch) == [[1], [2], [9]]
+    assert [b.tolist() for b in epochs[0]] != [b.tolist() for b in epochs[1]]  # a new order each epoch
+    with pytest.raises(ValueError, match="unknown batching 'sorted'"):
+        next(probe_batches(lengths, train, ProbeSettings(batching="sorted"), seed=0))
 
 
 def test_downstream_table_has_a_row_per_setting_on_the_same_split(halting_model):

@@ -16,7 +16,7 @@ from .metrics import l1_per_image
 
 
 def demo_images(size: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """Photo test crops, shapes of rising complexity, a flat image and pure noise."""
+    """Photo test crops, a linear gradient, shapes of rising complexity, a flat image and pure noise."""
     g = torch.Generator().manual_seed(seed)
     photos = eval_set("photos:test", size, 8, seed=seed).images
     items = [(f"photo {i}", im) for i, im in enumerate(photos)]

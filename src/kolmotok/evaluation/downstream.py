@@ -19,6 +19,7 @@ task that needs fine detail, since the scale shows in how dense the texture is.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kolmotok.api import Encoding, Tokenizer
+from kolmotok.batching import length_batches
 from kolmotok.data import EvalSet
 
 
@@ -39,6 +41,10 @@ class ProbeSettings:
     lr: float = 2e-3
     seeds: int = 3
     test_share: float = 0.25
+    batching: str = "random"  # "random": images drawn at random; "length": epochs of length_batches
+
+
+BATCHINGS = ("random", "length")
 
 
 @dataclass
@@ -165,11 +171,14 @@ def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, tes
                            settings.layers, codebook_size)
     opt = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(seed)
     probe.train()
-    for _ in range(settings.steps):
-        batch = train[torch.randint(len(train), (min(settings.batch_size, len(train)),), generator=g)]
-        loss = nn.functional.cross_entropy(probe(tokens[batch], mask[batch]), labels[batch])
+    for _, batch in zip(range(settings.steps), probe_batches(enc.lengths[train], train, settings, seed)):
+        if settings.batching == "length":  # cut to the batch's longest sequence: what the grouping is for
+            part = enc.take(batch)
+            logits = probe(part.tokens.detach().cpu(), part.mask.cpu())
+        else:
+            logits = probe(tokens[batch], mask[batch])
+        loss = nn.functional.cross_entropy(logits, labels[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -178,6 +187,22 @@ def probe_accuracy(enc: Encoding, labels: torch.Tensor, train: torch.Tensor, tes
     with torch.no_grad():
         predicted = probe(tokens[test], mask[test]).argmax(1)
     return float((predicted == labels[test]).float().mean())
+
+
+def probe_batches(lengths: torch.Tensor, train: torch.Tensor, settings: ProbeSettings,
+                  seed: int) -> Iterator[torch.Tensor]:
+    """Endless training batches of image indices (from ``train``; ``lengths`` are theirs):
+    ``batch_size`` images drawn at random, or with ``batching="length"`` epoch after epoch of
+    :func:`kolmotok.length_batches` over them, in a new order each epoch."""
+    if settings.batching not in BATCHINGS:
+        raise ValueError(f"unknown batching {settings.batching!r}; known: {', '.join(BATCHINGS)}")
+    g = torch.Generator().manual_seed(seed)
+    if settings.batching == "random":
+        while True:
+            yield train[torch.randint(len(train), (min(settings.batch_size, len(train)),), generator=g)]
+    while True:  # one epoch per round, each in its own seeded order
+        for idx in length_batches(lengths, settings.batch_size, seed=int(torch.randint(2**31, (1,), generator=g))):
+            yield train[idx]
 
 
 def downstream_table(tok: Tokenizer, data: EvalSet, epsilons: list[float], lengths: list[int],
@@ -228,7 +253,8 @@ def format_table(report: DownstreamReport, per_class: bool = False) -> str:
     classes = f"{len(names)} classes" + ("" if report.label == "auto" else f" ({report.label}: {', '.join(names)})")
     lines = [f"data {report.data}: {report.num_images} images, {classes}, probe trained on "
              f"{report.num_train} and scored on {report.num_test}; {settings.seeds} probe seeds, "
-             f"{settings.steps} steps each",
+             f"{settings.steps} steps each" + ("" if settings.batching == "random" else
+                                                ", batches grouped by length and cut to their longest"),
              "", f"{'setting':<{width}} {'mean tokens':>11} {'accuracy':>9} {'(std)':>7} {'fixed at same tokens':>21}"]
     for r in rows:
         same = f" {fixed_accuracy_at(rows, r.mean_tokens):21.3f}" if r.kind == "karl" else ""
