@@ -37,6 +37,14 @@ def test_grouping_by_length_pads_less_than_random_batches():
     assert slots(LENGTHS, unshuffled) == slots(LENGTHS, grouped)
 
 
+def test_lengths_may_be_a_list_or_an_array_such_as_a_token_tables_column():
+    import numpy as np
+
+    expected = [b.tolist() for b in kolmotok.length_batches(LENGTHS, 4, seed=2)]
+    for given in (LENGTHS.tolist(), LENGTHS.numpy().astype(np.int32)):
+        assert [b.tolist() for b in kolmotok.length_batches(given, 4, seed=2)] == expected
+
+
 def test_the_seed_decides_the_order():
     a, b = (kolmotok.length_batches(LENGTHS, 3, seed=7) for _ in range(2))
     c = kolmotok.length_batches(LENGTHS, 3, seed=8)
