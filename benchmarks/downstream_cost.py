@@ -40,13 +40,11 @@ from kolmotok.cli import at_least, comma_numbers, report_errors
 from kolmotok.data import eval_set
 from kolmotok.evaluation.downstream import TokenProbe, class_labels, encode_all
 
-BATCHINGS = ("padded", "cut", "by length")
-
 
 @dataclass
 class Job:
     setting: str  # "karl eps=0.08", "fixed-8"
-    batching: str  # one of BATCHINGS
+    batching: str  # "padded", "cut" or "by length"
     mean_tokens: float
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (tokens, mask, labels) per batch
     times: list[float] = field(default_factory=list)
@@ -63,8 +61,11 @@ def make_job(setting: str, batching: str, enc: Encoding, batches: list[torch.Ten
     its own longest sequence."""
     mask, steps = enc.mask, []
     for idx in batches:
-        part = enc.take(idx) if cut else None
-        steps.append((part.tokens, part.mask, labels[idx]) if cut else (enc.tokens[idx], mask[idx], labels[idx]))
+        if cut:
+            part = enc.take(idx)
+            steps.append((part.tokens, part.mask, labels[idx]))
+        else:
+            steps.append((enc.tokens[idx], mask[idx], labels[idx]))
     return Job(setting, batching, enc.lengths.float().mean().item(), steps)
 
 

@@ -57,4 +57,3 @@ def length_batches(lengths, batch_size: int, *, max_tokens: int | None = None, s
     if shuffle:
         out = [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
     return out
-
