@@ -7,9 +7,10 @@ similar length into a batch (bucketing by length, as sequence models for text do
 padding small. ``benchmarks/downstream_cost.py`` measures what it saves.
 
 >>> enc = tok.encode(images, epsilon=0.08)
->>> for idx in kolmotok.length_batches(enc.lengths, batch_size=128, seed=epoch):
-...     part = enc.take(idx)            # tokens cut to the longest kept in this batch
-...     logits = model(part.tokens, part.mask)
+>>> for epoch in range(epochs):
+...     for idx in kolmotok.length_batches(enc.lengths, batch_size=128, seed=epoch):
+...         part = enc.take(idx)        # tokens cut to the longest kept in this batch
+...         logits = model(part.tokens, part.mask)
 """
 
 from __future__ import annotations
