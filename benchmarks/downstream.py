@@ -37,6 +37,14 @@ def whole(flag: str, values: list[float]) -> list[int]:
     return [int(v) for v in values]
 
 
+def check_settings(tok: kolmotok.Tokenizer, epsilons: list[float], lengths: list[int]) -> None:
+    """ValueError unless every eps suits this checkpoint and every fixed length is in 1..T_max."""
+    for eps in epsilons:
+        tok.check_options(eps, None)
+    if bad := [n for n in lengths if not 1 <= n <= tok.max_tokens]:
+        raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint directory (default: the shipped one)")
@@ -62,10 +70,7 @@ def main() -> None:
     tok = kolmotok.load(args.ckpt, device="cpu")
     lengths = (whole("--lengths", args.lengths) if args.lengths
                else [n for n in DEFAULT_LENGTHS if n < tok.max_tokens] + [tok.max_tokens])
-    for eps in args.epsilons:
-        tok.check_options(eps, None)
-    if bad := [n for n in lengths if not 1 <= n <= tok.max_tokens]:
-        raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
+    check_settings(tok, args.epsilons, lengths)
     settings = ProbeSettings(steps=args.steps, seeds=args.seeds, batching=args.batching)
     data = eval_set(args.data, tok.image_size, args.num_images)
     report = downstream_table(tok, data, args.epsilons, lengths, settings, label=args.label)

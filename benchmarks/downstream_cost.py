@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from downstream import whole
+from downstream import check_settings, whole
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -103,10 +103,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tok = kolmotok.load(args.ckpt, device="cpu")
     lengths = whole("--lengths", args.lengths) if args.lengths else [4, 8, 16, tok.max_tokens]
-    for eps in args.epsilons:
-        tok.check_options(eps, None)
-    if bad := [n for n in lengths if not 1 <= n <= tok.max_tokens]:
-        raise ValueError(f"--lengths {bad}: this checkpoint keeps 1..{tok.max_tokens} tokens")
+    check_settings(tok, args.epsilons, lengths)
     data = eval_set(args.data, tok.image_size, args.num_images)
     labels, names = class_labels(data)
     n = len(labels)
