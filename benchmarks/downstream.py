@@ -37,6 +37,13 @@ def whole(flag: str, values: list[float]) -> list[int]:
     return [int(v) for v in values]
 
 
+def fixed_lengths(tok: kolmotok.Tokenizer, given: list[float] | None, defaults: tuple[int, ...]) -> list[int]:
+    """The --lengths given (whole numbers), or the defaults below this checkpoint's T_max and T_max itself."""
+    if given:
+        return whole("--lengths", given)
+    return [n for n in defaults if n < tok.max_tokens] + [tok.max_tokens]
+
+
 def check_settings(tok: kolmotok.Tokenizer, epsilons: list[float], lengths: list[int]) -> None:
     """ValueError unless every eps suits this checkpoint and every fixed length is in 1..T_max."""
     for eps in epsilons:
@@ -68,8 +75,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = kolmotok.load(args.ckpt, device="cpu")
-    lengths = (whole("--lengths", args.lengths) if args.lengths
-               else [n for n in DEFAULT_LENGTHS if n < tok.max_tokens] + [tok.max_tokens])
+    lengths = fixed_lengths(tok, args.lengths, DEFAULT_LENGTHS)
     check_settings(tok, args.epsilons, lengths)
     settings = ProbeSettings(steps=args.steps, seeds=args.seeds, batching=args.batching)
     data = eval_set(args.data, tok.image_size, args.num_images)

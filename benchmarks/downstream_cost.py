@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from downstream import check_settings, whole
+from downstream import check_settings, fixed_lengths
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -102,7 +102,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = kolmotok.load(args.ckpt, device="cpu")
-    lengths = whole("--lengths", args.lengths) if args.lengths else [4, 8, 16, tok.max_tokens]
+    lengths = fixed_lengths(tok, args.lengths, (4, 8, 16))
     check_settings(tok, args.epsilons, lengths)
     data = eval_set(args.data, tok.image_size, args.num_images)
     labels, names = class_labels(data)
