@@ -159,7 +159,8 @@ def subset_rhos(photos: np.ndarray, key: np.ndarray, values: np.ndarray,
     subsets = list(itertools.combinations(sorted(np.unique(photos)), k))
     if not subsets:
         raise ValueError(f"--subsets {k}: the runs hold {len(np.unique(photos))} photographs")
-    rho = np.array([spearman(values[np.isin(photos, s)], key[np.isin(photos, s)]) for s in subsets])
+    masks = (np.isin(photos, s) for s in subsets)
+    rho = np.array([spearman(values[m], key[m]) for m in masks])
     return subsets, np.nan_to_num(rho, nan=0.0)
 
 
